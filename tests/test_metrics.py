@@ -1,0 +1,438 @@
+"""Tests of erasediff.metrics: every metric on a case with a known answer."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from erasediff.core import NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, eps_loss, make_unet, q_sample, save_unet
+from erasediff.data import load_digits_set
+from erasediff import metrics as M
+
+torch.set_num_threads(1)
+
+TINY = UNetConfig(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+
+
+def tiny_unet(seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return make_unet(UNetConfig(**{**TINY.__dict__, **kw}))
+
+
+class OracleClassifier(nn.Module):
+    "Reads the class from the image: logits = the first 10 pixels; features = the first 4 pixels."
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+    def features(self, x): return x.flatten(1)[:, :4] + 0 * self.dummy
+    def forward(self, x): return x.flatten(1)[:, :10] + 0 * self.dummy
+
+
+def onehot_images(labels: torch.Tensor) -> torch.Tensor:
+    "(N,1,16,16) images, -1 everywhere but pixel `label` of the first row set to +1."
+    x = -torch.ones(len(labels), 1, 16, 16)
+    x[torch.arange(len(labels)), 0, 0, labels] = 1.0
+    return x
+
+
+# --- Fréchet distance -------------------------------------------------------------------------------------------
+
+def _gauss(d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(d, d))
+    return rng.normal(size=d), a @ a.T + np.eye(d)
+
+
+def test_frechet_identical_is_zero():
+    mu, sig = _gauss()
+    assert M.frechet_distance(mu, sig, mu, sig) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_mean_shift_is_squared_norm():
+    mu, sig = _gauss()
+    delta = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
+    assert M.frechet_distance(mu, sig, mu + delta, sig) == pytest.approx(delta @ delta, rel=1e-6)
+
+
+def test_frechet_diagonal_covariances():
+    d = M.frechet_distance(np.zeros(3), np.diag([1.0, 4.0, 9.0]), np.ones(3), np.diag([4.0, 4.0, 1.0]))
+    assert d == pytest.approx(3 + (1 - 2) ** 2 + 0 + (3 - 1) ** 2, rel=1e-9)
+
+
+def test_frechet_agrees_with_cleanfid():
+    from cleanfid.fid import frechet_distance as cf
+    (m1, s1), (m2, s2) = _gauss(6, 1), _gauss(6, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = cf(m1, s1, m2, s2)
+    assert M.frechet_distance(m1, s1, m2, s2) == pytest.approx(ref, rel=1e-8)
+
+
+def test_frechet_validation():
+    mu, sig = _gauss()
+    with pytest.raises(ValueError, match="same length"):
+        M.frechet_distance(mu, sig, mu[:3], sig[:3, :3])
+    with pytest.raises(ValueError, match="sigma"):
+        M.frechet_distance(mu, sig[:3, :3], mu, sig)
+    with pytest.raises(ValueError, match="at least 2"):
+        M.feature_stats(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="2-d"):
+        M.frechet_from_features(np.zeros(5), np.zeros((5, 1)))
+
+
+def test_frechet_from_features_samples():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20000, 2)), rng.normal(size=(20000, 2)) + [2.0, 0.0]
+    assert M.frechet_from_features(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert M.frechet_from_features(a, b) == pytest.approx(4.0, abs=0.1)
+
+
+def test_frechet_by_class_groups():
+    rng = np.random.default_rng(0)
+    feats = np.concatenate([rng.normal(size=(40, 2)) + c * 10 for c in range(3)])
+    labels = np.repeat([0, 1, 2], 40)
+    same = M.frechet_by_class(feats, labels, feats, labels, forget_classes=[2])
+    assert all(v == pytest.approx(0, abs=1e-8) for v in same["per_class"].values())
+    assert same["forget"] == pytest.approx(0, abs=1e-8) and same["remain"] == pytest.approx(0, abs=1e-8)
+    # the generator draws class 0 when asked for the forget class 2: forget distance ~ ||20 * (1, 1)||^2 = 800
+    gen_lab = labels.copy(); gen_lab[labels == 0] = 2; gen_lab[labels == 2] = 0
+    r = M.frechet_by_class(feats, gen_lab, feats, labels, forget_classes=[2])
+    assert r["per_class"][1] == pytest.approx(0, abs=1e-8)
+    assert 700 < r["forget"] < 900 and 700 < r["per_class"][0] < 900
+    assert M.frechet_by_class(feats[:1], labels[:1], feats, labels, forget_classes=[2])["per_class"][0] is None
+
+
+# --- Inception through clean-fid, offline -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inception_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inception")
+    p = M.write_inception_weights(d)
+    assert p == d / M.INCEPTION_FILE and p.stat().st_size > 80e6
+    return d
+
+
+def test_inception_features_and_fid_offline(inception_dir):
+    "The real clean-fid Inception path on 8 + 2 + 6 tiny images (16x16 digits, resized to 299x299)."
+    x, y = load_digits_set("train").tensors()
+    imgs = torch.cat([x[y == 0][:4], x[y == 1][:4]])
+    f = M.inception_features(imgs, weights=inception_dir, batch_size=4)
+    assert f.shape == (8, 2048) and f.dtype == np.float32 and np.isfinite(f).all() and f.std() > 0
+    f2 = M.inception_features(imgs[1:3], weights=inception_dir / M.INCEPTION_FILE, batch_size=1)
+    np.testing.assert_allclose(f2, f[1:3], rtol=1e-4, atol=1e-4)   # independent of batching and of how weights are named
+    # 0s vs 1s differ far more than two pairs of 0s
+    assert np.linalg.norm(f[:2].mean(0) - f[2:4].mean(0)) < np.linalg.norm(f[:4].mean(0) - f[4:].mean(0))
+    assert M.frechet_from_features(f, f) == pytest.approx(0.0, abs=1e-3)
+    assert M.inception_fid(x[y == 3][:3], x[y == 7][:3], weights=inception_dir) > 1.0
+
+
+def test_inception_weights_resolution(tmp_path, inception_dir, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="write_inception_weights"):
+        M.resolve_inception_weights(tmp_path / "nothing" / M.INCEPTION_FILE)
+    other = tmp_path / "renamed.pt"
+    other.write_bytes(b"x")
+    with pytest.raises(ValueError, match="inception-2015-12-05.pt"):
+        M.resolve_inception_weights(other)
+    monkeypatch.setenv("ERASEDIFF_INCEPTION", str(inception_dir))
+    assert M.default_inception_path() == inception_dir / M.INCEPTION_FILE
+    assert M.resolve_inception_weights() == inception_dir / M.INCEPTION_FILE
+
+
+def test_to_uint8_rgb():
+    u = M.to_uint8_rgb(torch.tensor([[[[-1.0, 0.0, 1.0]]]]))
+    assert u.shape == (1, 1, 3, 3) and u.dtype == np.uint8
+    assert u[0, 0, :, 0].tolist() == [0, 128, 255]
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        M.to_uint8_rgb(torch.zeros(1, 2, 4, 4))
+
+
+# --- classifier space: Fréchet distance, accuracy -----------------------------------------------------------------
+
+def test_classifier_frechet_distance_known_shift():
+    clf = OracleClassifier()
+    x = torch.randn(500, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert M.classifier_frechet_distance(clf, x, x) == pytest.approx(0.0, abs=1e-8)
+    assert M.classifier_frechet_distance(clf, x, x + 0.5) == pytest.approx(4 * 0.25, rel=1e-6)  # 4 features shifted by 0.5
+
+
+def test_classifier_features_requires_features():
+    with pytest.raises(ValueError, match="features"):
+        M.classifier_features(nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def test_conditional_accuracy_and_forget_share():
+    clf = OracleClassifier()
+    labels = torch.arange(10).repeat(3)
+    gen = onehot_images(labels)
+    r = M.conditional_accuracy(clf, gen, labels, forget_classes=(2, 8))
+    assert r["forget"] == 1.0 and r["remain"] == 1.0
+    # an unlearned model draws a 0 when asked for 2 or 8
+    drawn = torch.where(torch.isin(labels, torch.tensor([2, 8])), torch.zeros_like(labels), labels)
+    r = M.conditional_accuracy(clf, onehot_images(drawn), labels, forget_classes=(2, 8))
+    assert r["forget"] == 0.0 and r["remain"] == 1.0 and r["per_class"][2] == 0.0 and r["per_class"][3] == 1.0
+    assert M.forget_share(clf, gen, (2, 8)) == pytest.approx(0.2)
+    assert M.forget_share(clf, onehot_images(drawn), (2, 8)) == 0.0
+    with pytest.raises(ValueError, match="labels"):
+        M.conditional_accuracy(clf, gen, labels[:5], forget_classes=(2,))
+
+
+def test_eval_mode_restores_training_flag():
+    clf = OracleClassifier().train()
+    M.classify(clf, torch.zeros(2, 1, 16, 16))
+    assert clf.training
+
+
+# --- membership inference --------------------------------------------------------------------------------------
+
+def test_attack_metrics_known_answers():
+    perfect = M.attack_metrics([5.0, 6.0, 7.0], [0.0, 1.0])
+    assert perfect == {"accuracy": 1.0, "auc": 1.0, "tpr_at_1_fpr": 1.0}
+    assert M.attack_metrics([0.0, 1.0], [5.0, 6.0])["auc"] == 0.0
+    chance = M.attack_metrics([0.0, 1.0, 2.0], [0.0, 1.0, 2.0])
+    assert chance["auc"] == 0.5 and chance["accuracy"] == 0.5
+    # 100 non-members 0..99; half the members above all of them, half at 50: at 1% FPR, TPR = 0.5
+    r = M.attack_metrics([200.0] * 10 + [50.5] * 10, np.arange(100.0))
+    assert r["tpr_at_1_fpr"] == 0.5
+    with pytest.raises(ValueError, match="members"):
+        M.attack_metrics([], [1.0])
+
+
+class Memorizer(nn.Module):
+    """A 'diffusion model' that memorised `train` images: it recovers the noise exactly for them (loss 0)
+    by picking the stored image whose implied noise is smallest."""
+    def __init__(self, train: torch.Tensor, schedule: NoiseSchedule):
+        super().__init__()
+        self.train_x, self.schedule = train, schedule
+        self.config = SimpleNamespace(num_class_embeds=None)
+        self.w = nn.Parameter(torch.zeros(()))
+    def forward(self, x_t, t, class_labels=None):
+        a = self.schedule.alpha_bar(t)
+        cand = (x_t[:, None] - a.sqrt()[:, None] * self.train_x[None]) / (1 - a).sqrt()[:, None]   # (B, M, C, H, W)
+        best = cand.flatten(2).pow(2).sum(2).argmin(1)
+        return SimpleNamespace(sample=cand[torch.arange(len(x_t)), best] + 0 * self.w)
+
+
+def test_membership_inference_on_a_memorizer():
+    sched = NoiseSchedule()
+    x, y = load_digits_set("train").tensors()
+    members, nonmembers = x[:30], x[30:60]
+    model = Memorizer(members, sched)
+    r = M.membership_inference(model, sched, (members, None), (nonmembers, None), timesteps=(10, 50))
+    assert r["mean"] == {"accuracy": 1.0, "auc": 1.0, "tpr_at_1_fpr": 1.0}
+    assert r["avg_loss"]["auc"] == 1.0
+    assert r["per_timestep"][10]["loss_members"] < 1e-8 < r["per_timestep"][10]["loss_nonmembers"]
+    assert r["n_members"] == 30 and r["timesteps"] == [10, 50]
+
+
+def test_per_sample_losses_fixed_noise_and_eps_loss():
+    sched = NoiseSchedule()
+    model = tiny_unet().eval()
+    x, y = load_digits_set("train").tensors()
+    x, y = x[:6], y[:6]
+    L = M.per_sample_losses(model, x, y, sched, (10, 300), seed=3)
+    assert L.shape == (6, 2)
+    torch.testing.assert_close(L, M.per_sample_losses(model, x, y, sched, (10, 300), seed=3, batch_size=4))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = eps_loss(model, x, y, sched, noise=noise, t=torch.full((6,), 300), reduction="none")
+    torch.testing.assert_close(L[:, 1], ref)
+    assert not torch.allclose(L, M.per_sample_losses(model, x, y, sched, (10, 300), seed=4))
+    with pytest.raises(ValueError, match="timesteps"):
+        M.per_sample_losses(model, x, y, sched, (1000,))
+    with pytest.raises(ValueError, match="labels are required"):
+        M.per_sample_losses(model, x, None, sched, (10,))
+    unc = tiny_unet(num_classes=None).eval()
+    assert M.per_sample_losses(unc, x, y, sched, (10,)).shape == (6, 1)   # labels ignored by unconditional models
+
+
+# --- KL of the predicted noise, figures --------------------------------------------------------------------------
+
+def test_gaussian_kl_to_standard():
+    g = torch.Generator().manual_seed(0)
+    kl = M.gaussian_kl_to_standard(torch.randn(3, 200_000, generator=g))
+    torch.testing.assert_close(kl, torch.zeros(3, dtype=torch.float64), atol=1e-3, rtol=0)
+    v = torch.tensor([[0.5 - 2.0, 0.5 + 2.0]])   # mean 0.5, (biased) variance 4
+    assert float(M.gaussian_kl_to_standard(v)) == pytest.approx(0.5 * (4 + 0.25 - 1 - np.log(4)), rel=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        M.gaussian_kl_to_standard(torch.zeros(3, 1))
+
+
+class NoisePredictor(nn.Module):
+    "Predicts eps ~ N(mu, s^2) whatever the input."
+    def __init__(self, mu, s):
+        super().__init__()
+        self.mu, self.s, self.config = mu, s, SimpleNamespace(num_class_embeds=None)
+        self.w = nn.Parameter(torch.zeros(()))
+    def forward(self, x, t, class_labels=None):
+        return SimpleNamespace(sample=self.mu + self.s * torch.randn_like(x) + 0 * self.w)
+
+
+def test_predicted_noise_kl_known_distribution():
+    torch.manual_seed(0)
+    x = torch.zeros(4, 1, 128, 128)   # 16384 values per sample: the fitted mean/variance are within ~1-2%
+    kl = M.predicted_noise_kl(NoisePredictor(0.5, 2.0), x, None, NoiseSchedule(), (10, 500))
+    assert kl.shape == (4, 2)
+    torch.testing.assert_close(kl, torch.full((4, 2), 0.5 * (4 + 0.25 - 1 - np.log(4)), dtype=torch.float64), atol=0.05, rtol=0)
+    assert float(M.predicted_noise_kl(NoisePredictor(0.0, 1.0), x, None, NoiseSchedule(), (10,)).max()) < 0.01
+
+
+def test_figures_are_figures():
+    from matplotlib.figure import Figure
+    rng = np.random.default_rng(0)
+    for fn in (M.plot_kl, M.plot_losses):
+        fig = fn(rng.gamma(2, size=50), rng.gamma(3, size=50), title="t")
+        assert isinstance(fig, Figure) and fig.axes[0].get_title() == "t"
+        assert len(fig.axes[0].get_legend().get_texts()) == 2
+
+
+# --- weight distance, precision/recall, gradient conflict --------------------------------------------------------
+
+def test_weight_distance():
+    a, b = tiny_unet(0), tiny_unet(0)
+    assert M.weight_distance(a, b)["l2"] == 0.0
+    p = next(b.parameters())
+    with torch.no_grad():
+        p.add_(2.0)
+    r = M.weight_distance(a, b)
+    assert r["l2"] == pytest.approx(2 * p.numel() ** 0.5, rel=1e-6)
+    assert r["relative"] == pytest.approx(r["l2"] / r["reference_norm"])
+    with pytest.raises(ValueError, match="different parameters|differ in shape"):
+        M.weight_distance(a, tiny_unet(0, block_out_channels=(8, 8)))
+
+
+def test_precision_recall_known():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 3))
+    assert M.precision_recall(real, real) == {"precision": 1.0, "recall": 1.0, "k": 3}
+    far = M.precision_recall(real, real + 100)
+    assert far["precision"] == 0.0 and far["recall"] == 0.0
+    part = M.precision_recall(real, real[real[:, 0] > 0.5])   # good samples of a part of the data
+    assert part["precision"] == 1.0 and part["recall"] < 0.6
+    with pytest.raises(ValueError, match="k must be"):
+        M.precision_recall(real[:3], real[:3], k=3)
+
+
+def test_knn_radii():
+    pts = torch.tensor([[0.0], [1.0], [3.0], [6.0]], dtype=torch.float64)
+    torch.testing.assert_close(M.knn_radii(pts, k=1), torch.tensor([1.0, 1.0, 2.0, 3.0], dtype=torch.float64))
+    torch.testing.assert_close(M.knn_radii(pts, k=2), torch.tensor([3.0, 2.0, 3.0, 5.0], dtype=torch.float64))
+
+
+def test_gradient_cosine_known():
+    lin = nn.Linear(2, 1, bias=False)
+    x = torch.randn(5, 2)
+    assert M.gradient_cosine(lin, lin(x).sum(), 3 * lin(x).sum())["cosine"] == pytest.approx(1.0)
+    assert M.gradient_cosine(lin, lin(x).sum(), -lin(x).sum())["cosine"] == pytest.approx(-1.0)
+    w = lin.weight[0]
+    assert M.gradient_cosine(lin, w[0] ** 2 + 1, (w[1] - 5) ** 2)["cosine"] == pytest.approx(0.0, abs=1e-12)  # orthogonal
+
+
+def test_gradient_conflict_on_unet():
+    sched = NoiseSchedule()
+    model = tiny_unet()
+    x, y = load_digits_set("train").tensors()
+    same = (x[:8], y[:8])
+    assert M.gradient_conflict(model, sched, same, same)["cosine"] == pytest.approx(1.0, abs=1e-6)
+    r = M.gradient_conflict(model, sched, (x[y == 5][:8], y[y == 5][:8]), (x[y == 2][:8], y[y == 2][:8]), forget_noise="uniform")
+    assert -1 <= r["cosine"] <= 1 and r["grad_norm_remain"] > 0 and r["grad_norm_forget"] > 0
+    assert all(p.grad is None for p in model.parameters())   # does not touch .grad
+    with pytest.raises(ValueError, match="forget_noise"):
+        M.gradient_conflict(model, sched, same, same, forget_noise="laplace")
+
+
+# --- evaluate_checkpoint -----------------------------------------------------------------------------------------
+
+def toy_preset(**kw):
+    return SimpleNamespace(**{**dict(name="toy", dataset="digits", dataset_kwargs={}, forget_classes=(2, 8), eval_per_class=3,
+                                     sampler=SamplerConfig(steps=2), schedule=ScheduleConfig()), **kw})
+
+
+def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
+    ck = save_unet(tiny_unet(), tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    m = M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), reference_retrain=ck,
+                              progress=False, mia_timesteps=(100,))
+    assert sorted(p.name for p in out.iterdir()) == ["kl.png", "losses.png", "metrics.json", "metrics.md"]
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == m
+    assert m["n_generated"] == 30 and m["conditional"] and m["forget_classes"] == [2, 8]
+    assert set(m["accuracy"]["per_class"]) == {str(c) for c in range(10)}
+    assert m["weight_distance"]["l2"] == 0.0                      # compared with itself
+    assert m["mia"]["n_members"] > m["mia"]["n_nonmembers"] > 0
+    for key in ("classifier_fd", "precision_recall", "kl", "loss", "gradient_conflict", "cost"):
+        assert key in m, key
+    assert "fid" not in m                                           # digits: no Inception by default
+    assert m["cost"]["wall_s"] > 0
+    md = (out / "metrics.md").read_text()
+    assert "| metric | value |" in md and "MIA on D_f" in md and "| 2 | yes |" in md
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), progress=False)
+    m2 = M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), overwrite=True, seed=1,
+                               progress=False, mia_timesteps=(100,))
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 1 and m2["seed"] == 1
+
+
+def test_evaluate_checkpoint_unconditional_and_validation(tmp_path):
+    model = tiny_unet(num_classes=None)
+    m = M.evaluate_checkpoint(model, toy_preset(eval_per_class=2), out=tmp_path / "u", classifier=OracleClassifier(),
+                              progress=False, mia_timesteps=(100,))
+    assert not m["conditional"] and "accuracy" not in m and 0 <= m["forget_share"] <= 1
+    assert set(m["classifier_fd"]) == {"remain", "all"}
+    with pytest.raises(ValueError, match="out is required"):
+        M.evaluate_checkpoint(model, toy_preset(), classifier=OracleClassifier())
+    with pytest.raises(ValueError, match="n_per_class"):
+        M.evaluate_checkpoint(model, toy_preset(), out=tmp_path / "v", n_per_class=1, classifier=OracleClassifier())
+    with pytest.raises(ValueError, match="classes"):
+        M.evaluate_checkpoint(tiny_unet(num_classes=5), toy_preset(), out=tmp_path / "w", classifier=OracleClassifier())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ERASEDIFF_SLOW"), reason="slow: set ERASEDIFF_SLOW=1")
+def test_evaluate_checkpoint_with_inception(tmp_path, inception_dir):
+    m = M.evaluate_checkpoint(tiny_unet(), toy_preset(), out=tmp_path / "i", classifier=OracleClassifier(), n_per_class=2,
+                              n_real_per_class=2, progress=False, mia_timesteps=(100,), inception=True,
+                              inception_weights=inception_dir)
+    assert set(m["fid"]) == {"per_class", "forget", "remain"} and len(m["fid"]["per_class"]) == 10
+    assert all(v > 0 for v in m["fid"]["per_class"].values()) and m["fid"]["forget"] > 0
+    assert "FID (Inception, clean-fid), forget" in (tmp_path / "i" / "metrics.md").read_text()
+
+
+# --- acceptance on the shipped digits models (slow) ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped():
+    train = pytest.importorskip("erasediff.train")
+    try:
+        return {w: train.load_reference("digits", w) for w in ("classifier", "unscrubbed", "retrain")}
+    except FileNotFoundError as e:
+        pytest.skip(f"shipped digits models missing: {e}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ERASEDIFF_SLOW"), reason="slow: set ERASEDIFF_SLOW=1")
+def test_shipped_classifier_frechet_halves_vs_other_class(shipped):
+    x, y = load_digits_set("train").tensors()
+    c3, c8 = x[y == 3], x[y == 8]
+    h = len(c3) // 2
+    same = M.classifier_frechet_distance(shipped["classifier"], c3[:h], c3[h:])
+    other = M.classifier_frechet_distance(shipped["classifier"], c3, c8)
+    assert same * 5 < other
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ERASEDIFF_SLOW"), reason="slow: set ERASEDIFF_SLOW=1")
+def test_shipped_unscrubbed_vs_retrain(shipped, tmp_path):
+    from erasediff.train import get_preset
+    preset = get_preset("digits")
+    r = {w: M.evaluate_checkpoint(shipped[w], preset, out=tmp_path / w, classifier=shipped["classifier"], n_per_class=30,
+                                  progress=False) for w in ("unscrubbed", "retrain")}
+    assert r["unscrubbed"]["accuracy"]["forget"] > 0.8 and r["retrain"]["accuracy"]["forget"] < 0.1
+    assert r["unscrubbed"]["accuracy"]["remain"] > 0.8 and r["retrain"]["accuracy"]["remain"] > 0.8
+    assert r["unscrubbed"]["mia"]["mean"]["auc"] > r["retrain"]["mia"]["mean"]["auc"]

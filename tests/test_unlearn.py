@@ -1,0 +1,338 @@
+"""Tests of erasediff.unlearn: the EraseDiff solver, the method registry and the `unlearn` entry point."""
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from erasediff.core import NoiseSchedule, UNetConfig, load_unet, make_unet, save_unet, sha256_path
+from erasediff.data import ForgetSpec, load_digits_set, make_splits
+from erasediff.train import DigitsClassifier, LoopConfig, fit
+from erasediff.unlearn import (METHODS, EraseDiffConfig, EraseDiffObjective, FinetuneConfig, FinetuneObjective,
+                               PairedBatches, default_config, forget_noise, make_objective, select_params, unlearn)
+
+torch.set_num_threads(1)
+SCHED = NoiseSchedule()
+TINY = UNetConfig(sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "UpBlock2D"), num_classes=10, norm_num_groups=4)
+SMALL = dict(epochs=1, rounds=2, rem_num=32, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_splits(load_digits_set("train"), load_digits_set("test"), ForgetSpec(classes=(2, 8)))
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return make_unet(replace(TINY, **kw))
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    save_unet(tiny_model(), tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def run_steps(objective, splits, steps=1, seed=0, params=None):
+    m = tiny_model()
+    pb = PairedBatches(splits.remain, splits.forget, 16, seed=seed)
+    loop = LoopConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=0, ema_decay=None, ckpt_every=0, seed=seed)
+    sel = None if params is None else [p for _, p in select_params(m, params)]
+    res = fit(m, objective, pb, loop, progress=False, params=sel)
+    return m, res
+
+
+# ---------------------------------------------------------------- the solver
+
+def test_config_validation():
+    c = EraseDiffConfig()
+    assert (c.steps_per_round, c.steps) == (36, 288)           # ceil(4500/128) per round, 4 epochs x 2 rounds
+    assert EraseDiffConfig(rem_num=640, batch_size=64, epochs=2, rounds=2).steps == 40
+    for kw, msg in [(dict(lam=-0.1), "lam"), (dict(lam="fixed"), "auto"), (dict(K=0), "K"), (dict(zeta=0), "zeta"),
+                    (dict(forget_noise="laplace"), "forget_noise"), (dict(q_estimate="x"), "q_estimate"),
+                    (dict(eta=0), "eta"), (dict(params=("a[",)), "regular expression"), (dict(rem_num=0), "rem_num"),
+                    (dict(lr=0), "lr"), (dict(p_uncond=1.0), "p_uncond"), (dict(ema_decay=1.0), "ema_decay")]:
+        with pytest.raises(ValueError, match=msg):
+            EraseDiffConfig(**kw)
+    EraseDiffConfig(lam="auto"); EraseDiffConfig(lam=0)
+
+
+def test_lambda_zero_is_finetuning(splits):
+    "With lambda = 0 every outer step equals a finetuning step on D_r (the inner loop does not shift the noise)."
+    ft, _ = run_steps(FinetuneObjective(SCHED, FinetuneConfig(batch_size=16, rem_num=32)), splits, steps=3)
+    ed, res = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(lam=0.0, batch_size=16, rem_num=32, K=2)), splits, steps=3)
+    for a, b in zip(ft.parameters(), ed.parameters()):
+        assert torch.equal(a, b)
+    assert all(h["lambda"] == 0 for h in res.history)
+    ed1, _ = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(lam=0.1, batch_size=16, rem_num=32)), splits, steps=1)
+    assert any(not torch.equal(a, b) for a, b in zip(ft.parameters(), ed1.parameters()))
+
+
+def test_inner_loop_restores_theta_exactly(splits):
+    m = tiny_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(K=4, zeta=0.1, batch_size=16))
+    log = obj.inner_loop(m, PairedBatches(splits.remain, splits.forget, 16), torch.Generator().manual_seed(0))
+    assert len(log["L_f_inner"]) == 4 and math.isfinite(log["L_f_phiK"])
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k                      # bit-identical
+    assert obj.lf_phi == log["L_f_phiK"]
+
+
+def test_inner_loop_moves_phi(splits):
+    "phi_K differs from theta (the inner steps do descend) while theta is restored."
+    m = tiny_model()
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(K=2, zeta=0.1, batch_size=16, q_estimate="paired"))
+    obj.inner_loop(m, PairedBatches(splits.remain, splits.forget, 16), torch.Generator().manual_seed(0))
+    named = dict(m.named_parameters())
+    assert any(not torch.equal(named[n], v) for n, v in obj.phi.items())
+
+
+@pytest.mark.parametrize("kind,mean,var", [("uniform", 0.5, 1 / 12), ("gaussian", 0.5, 1.0)])
+def test_forget_batch_uses_configured_noise(splits, kind, mean, var):
+    m = tiny_model()
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(forget_noise=kind))
+    batch = splits.forget.tensors(64)
+    _, (noise, t, labels) = obj.forget_loss(m, batch, torch.Generator().manual_seed(0))
+    assert noise.shape == batch[0].shape
+    assert abs(noise.mean().item() - mean) < 0.02 and abs(noise.var().item() - var) < 0.03 * var / (1 / 12) ** 0.5
+    if kind == "uniform":
+        assert noise.min() >= 0 and noise.max() <= 1
+    else:
+        assert noise.min() < 0 and noise.max() > 1
+    u = forget_noise((50_000,), kind, torch.Generator().manual_seed(1))
+    assert abs(u.mean().item() - mean) < 0.01 and abs(u.var().item() - var) < 0.02
+
+
+def test_forget_noise_reaches_the_loss(splits, monkeypatch):
+    "The outer forget loss regresses towards noise of the configured distribution (not N(0, I))."
+    import erasediff.unlearn as U
+    seen = []
+    orig = U.forget_noise
+    monkeypatch.setattr(U, "forget_noise", lambda shape, kind, g: seen.append(kind) or orig(shape, kind, g))
+    run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(forget_noise="gaussian", batch_size=16, rem_num=32, K=1)), splits)
+    assert seen and set(seen) == {"gaussian"} and len(seen) == 1 + 1 + 1   # K inner + L_f(phi_K) record + 1 outer
+
+
+def test_q_nonnegative_after_inner_steps_toy(splits):
+    "On the batch the inner loop descended on, L_f(theta) - L_f(phi_K) >= 0 (paired evaluation, same draws)."
+    class Fixed:
+        def __init__(s, b): s.b = b
+        def next_inner(s): return s.b
+    m = tiny_model()
+    fb = splits.forget.tensors(16)
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(K=5, zeta=0.05, q_estimate="paired", antithetic=False, p_uncond=0.0))
+    obj.inner_loop(m, Fixed(fb), torch.Generator().manual_seed(1))
+    for s in range(5):
+        L_theta, draws = obj.forget_loss(m, fb, torch.Generator().manual_seed(s))
+        with torch.no_grad():
+            L_phi, _ = obj.forget_loss(m, fb, draws=draws, weights=obj.phi)
+        assert (L_theta - L_phi).item() >= 0
+
+
+def test_step_logs_and_auto_lambda(splits):
+    _, res = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(lam="auto", eta=1.0, batch_size=16, rem_num=32,
+                                                                 q_estimate="paired", K=2, zeta=0.05)), splits, steps=4)
+    for h in res.history:
+        for k in ("L_r", "L_f", "q", "lambda", "cos", "L_f_phiK"):
+            assert k in h and math.isfinite(h[k]), k
+        assert h["lambda"] >= 0 and -1 <= h["cos"] <= 1
+
+
+def test_auto_lambda_rule(splits):
+    "lambda = max((eta q - <g_r, g_f>) / ||g_f||^2, 0), checked against a hand computation."
+    m = tiny_model()
+    cfg = EraseDiffConfig(lam="auto", eta=3.0, batch_size=16, antithetic=False)
+    obj = EraseDiffObjective(SCHED, cfg)
+    obj.lf_phi = 0.05
+    pb = PairedBatches(splits.remain, splits.forget, 16)
+    batch = next(pb)
+    logs = obj.grads(m, batch, torch.Generator().manual_seed(0))
+    # recompute with the same draws
+    obj2 = EraseDiffObjective(SCHED, cfg)
+    g = torch.Generator().manual_seed(0)
+    params = list(m.parameters())
+    Lr = obj2.remain_loss(m, batch[0], g); gr = torch.autograd.grad(Lr, params, allow_unused=True)
+    Lf, _ = obj2.forget_loss(m, batch[1], g); gf = torch.autograd.grad(Lf, params, allow_unused=True)
+    z = lambda g_, p: torch.zeros_like(p) if g_ is None else g_
+    dot = sum((z(a, p).double() * z(b, p).double()).sum() for a, b, p in zip(gr, gf, params)).item()
+    nf2 = sum((z(b, p).double() ** 2).sum() for b, p in zip(gf, params)).item()
+    q = Lf.item() - 0.05
+    assert logs["q"] == pytest.approx(q)
+    assert logs["lambda"] == pytest.approx(max((3.0 * q - dot) / nf2, 0.0), rel=1e-5)
+    # and the gradient is g_r + lambda g_f
+    lam = logs["lambda"]
+    for p, a, b in zip(params, gr, gf):
+        assert torch.allclose(p.grad, z(a, p) + lam * z(b, p), atol=1e-7)
+
+
+def test_parameter_subset(splits):
+    m0 = tiny_model()
+    _, _ = None, None
+    m, _ = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(batch_size=16, rem_num=32, lam=1.0)), splits, steps=2,
+                     params=("^up_blocks",))
+    for (n, a), b in zip(m.named_parameters(), m0.parameters()):
+        assert torch.equal(a, b) != n.startswith("up_blocks"), n
+    with pytest.raises(ValueError, match="match no parameter"):
+        select_params(m, ("nonexistent_block",))
+
+
+def test_unconditional_model(splits):
+    m = make_unet(replace(TINY, num_classes=None))
+    pb = PairedBatches(splits.remain, splits.forget, 16)
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(batch_size=16, rem_num=32))
+    res = fit(m, obj, pb, EraseDiffConfig(batch_size=16, rem_num=32, epochs=1, rounds=1).loop(), progress=False)
+    assert math.isfinite(res.history[-1]["L_f"])
+
+
+def test_paired_batches_resume(splits):
+    pb = PairedBatches(splits.remain, splits.forget, 16, seed=3)
+    for _ in range(5): next(pb); pb.next_inner()
+    st = pb.state_dict()
+    a = next(pb), pb.next_inner()
+    pb2 = PairedBatches(splits.remain, splits.forget, 16, seed=3); pb2.load_state_dict(st)
+    b = next(pb2), pb2.next_inner()
+    assert torch.equal(a[0][0][0], b[0][0][0]) and torch.equal(a[0][1][1], b[0][1][1]) and torch.equal(a[1][0], b[1][0])
+
+
+def test_registry():
+    assert {"erasediff", "finetune"} <= set(METHODS)
+    for name, m in METHODS.items():
+        obj = make_objective(name, SCHED)
+        assert hasattr(obj, "grads")
+        assert isinstance(default_config("digits", name), m.config_cls)
+    assert default_config("digits", "finetune").steps == default_config("digits").steps
+    with pytest.raises(ValueError, match="method must be one of"):
+        make_objective("neggrad", SCHED)
+    with pytest.raises(ValueError, match="takes a EraseDiffConfig"):
+        make_objective("erasediff", SCHED, FinetuneConfig())
+
+
+# ---------------------------------------------------------------- the entry point
+
+def test_unlearn_writes_folder(tmp_path, ckpt):
+    clf_dir = tmp_path / "clf"
+    torch.manual_seed(0); DigitsClassifier().save_pretrained(clf_dir)
+    from erasediff.core import SamplerConfig
+    r = unlearn("digits", (2, 8), tmp_path / "out", checkpoint=ckpt, config=SMALL, classifier=clf_dir, eval_per_class=2,
+                sampler=SamplerConfig("ddim", steps=2), progress=False, seed=1)
+    out = tmp_path / "out"
+    assert {"README.md", "metrics.json", "history.json", "unet", "samples_before.png", "samples_after.png"} <= {p.name for p in out.iterdir()}
+    m = json.loads((out / "metrics.json").read_text())
+    for k in ("acc_forget", "acc_remain", "per_class", "loss_forget", "loss_remain"):
+        assert k in m["before"] and k in m["after"]
+    assert m["unlearn_seconds"] > 0 and m["seed"] == 1 and m["steps"] == 2
+    assert m["source_checkpoint"]["sha256"] == sha256_path(ckpt)
+    card = (out / "README.md").read_text()
+    assert sha256_path(ckpt) in card and "classes [2, 8]" in card and "`lam`" in card
+    assert r["out"] == str(out)
+    h = json.loads((out / "history.json").read_text())
+    assert len(h["history"]) == 2 and len(h["inner"]) == 2
+    load_unet(out / "unet")
+
+
+def test_unlearn_no_overwrite(tmp_path, ckpt):
+    out = tmp_path / "out"; out.mkdir(); (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        unlearn("digits", (2,), out, checkpoint=ckpt, config=SMALL, eval_per_class=0, progress=False)
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    empty = tmp_path / "empty"; empty.mkdir()                     # an empty folder is fine
+    unlearn("digits", (2,), empty, checkpoint=ckpt, config=SMALL, eval_per_class=0, progress=False)
+    unlearn("digits", (2,), out, checkpoint=ckpt, config=SMALL, eval_per_class=0, progress=False, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "unet").is_dir()
+
+
+@pytest.mark.parametrize("kw,exc,msg", [
+    (dict(forget=()), ValueError, "nothing to forget"),
+    (dict(forget=None), ValueError, "nothing to forget"),
+    (dict(forget=(12,)), ValueError, "out of range"),
+    (dict(forget=("seven",)), ValueError, "unknown class"),
+    (dict(forget=tuple(range(10))), ValueError, "every class"),
+    (dict(config={"lam": -0.5}), ValueError, "lam"),
+    (dict(config={"K": 0}), ValueError, "K"),
+    (dict(config={"gamma": 1}), ValueError, "unknown field"),
+    (dict(method="neggrad"), ValueError, "method must be one of"),
+    (dict(preset="imagenet"), ValueError, "preset must be one of"),
+    (dict(config=FinetuneConfig()), ValueError, "takes a EraseDiffConfig"),
+    (dict(config={"params": ("nonexistent",)}), ValueError, "match no parameter"),
+])
+def test_unlearn_bad_input(tmp_path, ckpt, kw, exc, msg):
+    args = dict(preset="digits", forget=(2, 8), checkpoint=ckpt, config=SMALL, eval_per_class=0, progress=False) | kw
+    with pytest.raises(exc, match=msg):
+        unlearn(out=tmp_path / "new", **args)
+    assert not (tmp_path / "new").exists()
+
+
+def test_unlearn_bad_checkpoints(tmp_path):
+    base = dict(preset="digits", forget=(2, 8), out=tmp_path / "new", config=SMALL, eval_per_class=0, progress=False)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        unlearn(checkpoint=tmp_path / "missing", **base)
+    corrupt = tmp_path / "corrupt"; save_unet(tiny_model(), corrupt)
+    w = next(corrupt.glob("*.safetensors")); w.write_bytes(w.read_bytes()[: 1000])
+    with pytest.raises(ValueError, match="corrupt"):
+        unlearn(checkpoint=corrupt, **base)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        unlearn(checkpoint=tmp_path / "empty", **base)
+    wrong_k = tmp_path / "k3"; save_unet(tiny_model(num_classes=3), wrong_k)
+    with pytest.raises(ValueError, match="3 classes"):
+        unlearn(checkpoint=wrong_k, **base)
+    wrong_size = tmp_path / "s8"; save_unet(tiny_model(sample_size=8), wrong_size)
+    with pytest.raises(ValueError, match="8x8"):
+        unlearn(checkpoint=wrong_size, **base)
+    assert not (tmp_path / "new").exists()
+
+
+def test_unlearn_spec_must_match_model(tmp_path, ckpt, monkeypatch):
+    "A class-conditional model needs class labels: a dataset without them (attribute/ids forgetting on unlabeled data) is refused."
+    import erasediff.unlearn as U
+    from erasediff.data import ImageSet
+    real = load_digits_set("train")
+    unlabeled = ImageSet(real.base, torch.full((len(real.all_labels),), -1), [], name="unlabeled")
+    monkeypatch.setattr(U.Preset, "load_data", lambda self: (unlabeled, unlabeled))
+    with pytest.raises(ValueError, match="class-conditional"):
+        unlearn("digits", ForgetSpec(ids=(0, 1, 2)), tmp_path / "new", checkpoint=ckpt, config=SMALL, eval_per_class=0,
+                progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_unlearn_unconditional_and_ids(tmp_path):
+    "Unconditional checkpoints (labels None) and forgetting sample ids both run end to end."
+    unc = tmp_path / "unc"; save_unet(make_unet(replace(TINY, num_classes=None)), unc)
+    r = unlearn("digits", (3,), tmp_path / "a", checkpoint=unc, config=SMALL, eval_per_class=0, progress=False)
+    assert math.isfinite(r["after"]["loss_forget"])
+    cond = tmp_path / "cond"; save_unet(tiny_model(), cond)
+    r = unlearn("digits", ForgetSpec(ids=tuple(range(40))), tmp_path / "b", checkpoint=cond, config=SMALL,
+                eval_per_class=0, progress=False)
+    assert r["n_forget"] == 40 and r["forget"]["kind"] == "ids"
+
+
+# ---------------------------------------------------------------- end to end (slow)
+
+@pytest.mark.slow
+def test_end_to_end_lowers_forget_accuracy(tmp_path):
+    """Train a small class-conditional UNet on digits, then EraseDiff must lower the classifier accuracy on CFG
+    samples of the forgotten class while the remaining classes stay recognisable."""
+    from erasediff.core import SamplerConfig
+    from erasediff.train import DiffusionObjective, get_preset, reference_path
+    from erasediff.data import InfiniteBatches
+    try:
+        clf = reference_path("digits", "classifier")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"shipped classifier not available: {e}")
+    small = UNetConfig(block_out_channels=(16, 32, 32), norm_num_groups=8)
+    torch.manual_seed(0); m = make_unet(small)
+    data = load_digits_set("train")
+    fit(m, DiffusionObjective(SCHED), InfiniteBatches(data, 64, seed=0),
+        LoopConfig(steps=700, batch_size=64, lr=2e-3, warmup_steps=50, ema_decay=0.99, ckpt_every=0), progress=False)
+    save_unet(m, tmp_path / "small")
+    r = unlearn("digits", (2, 8), tmp_path / "out", checkpoint=tmp_path / "small", classifier=clf, eval_per_class=20,
+                sampler=SamplerConfig("ddim", steps=25, w=2.0), progress=False)
+    b, a = r["before"], r["after"]
+    assert b["acc_forget"] >= 0.5, b
+    assert a["acc_forget"] <= 0.2 and a["acc_forget"] < b["acc_forget"] - 0.3, (b, a)
+    assert a["acc_remain"] >= b["acc_remain"] - 0.25, (b, a)
+    assert a["loss_forget"] > b["loss_forget"]
