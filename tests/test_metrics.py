@@ -21,7 +21,7 @@ TINY = UNetConfig(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "
                   up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
 
 
-def tiny_unet(seed: int = 0, **kw):
+def make_tiny(seed: int = 0, **kw):
     torch.manual_seed(seed)
     return make_unet(UNetConfig(**{**TINY.__dict__, **kw}))
 
@@ -92,6 +92,15 @@ def test_frechet_from_features_samples():
     a, b = rng.normal(size=(20000, 2)), rng.normal(size=(20000, 2)) + [2.0, 0.0]
     assert M.frechet_from_features(a, a) == pytest.approx(0.0, abs=1e-8)
     assert M.frechet_from_features(a, b) == pytest.approx(4.0, abs=0.1)
+
+
+@pytest.mark.parametrize("n1,n2,d", [(30, 20, 50), (50, 50, 50), (2, 7, 3), (40, 60, 5)])
+def test_frechet_low_rank_route_matches_sqrtm(n1, n2, d):
+    rng = np.random.default_rng(n1 + n2 + d)
+    f1, f2 = rng.normal(size=(n1, d)), rng.normal(size=(n2, d)) @ rng.normal(size=(d, d)) + 0.3
+    ref = M.frechet_distance(*M.feature_stats(f1), *M.feature_stats(f2))
+    assert M.frechet_from_features(f1, f2) == pytest.approx(ref, rel=1e-6, abs=1e-8)
+    assert M.frechet_from_features(f1, f1) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_frechet_by_class_groups():
@@ -233,7 +242,7 @@ def test_membership_inference_on_a_memorizer():
 
 def test_per_sample_losses_fixed_noise_and_eps_loss():
     sched = NoiseSchedule()
-    model = tiny_unet().eval()
+    model = make_tiny().eval()
     x, y = load_digits_set("train").tensors()
     x, y = x[:6], y[:6]
     L = M.per_sample_losses(model, x, y, sched, (10, 300), seed=3)
@@ -248,7 +257,7 @@ def test_per_sample_losses_fixed_noise_and_eps_loss():
         M.per_sample_losses(model, x, y, sched, (1000,))
     with pytest.raises(ValueError, match="labels are required"):
         M.per_sample_losses(model, x, None, sched, (10,))
-    unc = tiny_unet(num_classes=None).eval()
+    unc = make_tiny(num_classes=None).eval()
     assert M.per_sample_losses(unc, x, y, sched, (10,)).shape == (6, 1)   # labels ignored by unconditional models
 
 
@@ -295,7 +304,7 @@ def test_figures_are_figures():
 # --- weight distance, precision/recall, gradient conflict --------------------------------------------------------
 
 def test_weight_distance():
-    a, b = tiny_unet(0), tiny_unet(0)
+    a, b = make_tiny(0), make_tiny(0)
     assert M.weight_distance(a, b)["l2"] == 0.0
     p = next(b.parameters())
     with torch.no_grad():
@@ -304,7 +313,7 @@ def test_weight_distance():
     assert r["l2"] == pytest.approx(2 * p.numel() ** 0.5, rel=1e-6)
     assert r["relative"] == pytest.approx(r["l2"] / r["reference_norm"])
     with pytest.raises(ValueError, match="different parameters|differ in shape"):
-        M.weight_distance(a, tiny_unet(0, block_out_channels=(8, 8)))
+        M.weight_distance(a, make_tiny(0, block_out_channels=(8, 8)))
 
 
 def test_precision_recall_known():
@@ -336,7 +345,7 @@ def test_gradient_cosine_known():
 
 def test_gradient_conflict_on_unet():
     sched = NoiseSchedule()
-    model = tiny_unet()
+    model = make_tiny()
     x, y = load_digits_set("train").tensors()
     same = (x[:8], y[:8])
     assert M.gradient_conflict(model, sched, same, same)["cosine"] == pytest.approx(1.0, abs=1e-6)
@@ -347,6 +356,16 @@ def test_gradient_conflict_on_unet():
         M.gradient_conflict(model, sched, same, same, forget_noise="laplace")
 
 
+def test_summarize_seeds():
+    runs = [{"a": {"b": 1.0, "c": None}, "n": 3, "flag": True}, {"a": {"b": 3.0}, "n": 5}]
+    agg = M.summarize_seeds(runs)
+    assert agg["a.b"] == {"mean": 2.0, "std": pytest.approx(2 ** 0.5), "n": 2}
+    assert agg["n"]["mean"] == 4.0 and "flag" not in agg and "a.c" not in agg
+    assert M.summarize_seeds(runs[:1])["a.b"]["std"] == 0.0
+    with pytest.raises(ValueError, match="no results"):
+        M.summarize_seeds([])
+
+
 # --- evaluate_checkpoint -----------------------------------------------------------------------------------------
 
 def toy_preset(**kw):
@@ -355,7 +374,7 @@ def toy_preset(**kw):
 
 
 def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
-    ck = save_unet(tiny_unet(), tmp_path / "ckpt")
+    ck = save_unet(make_tiny(), tmp_path / "ckpt")
     out = tmp_path / "eval"
     m = M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), reference_retrain=ck,
                               progress=False, mia_timesteps=(100,))
@@ -380,7 +399,7 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
 
 
 def test_evaluate_checkpoint_unconditional_and_validation(tmp_path):
-    model = tiny_unet(num_classes=None)
+    model = make_tiny(num_classes=None)
     m = M.evaluate_checkpoint(model, toy_preset(eval_per_class=2), out=tmp_path / "u", classifier=OracleClassifier(),
                               progress=False, mia_timesteps=(100,))
     assert not m["conditional"] and "accuracy" not in m and 0 <= m["forget_share"] <= 1
@@ -390,13 +409,13 @@ def test_evaluate_checkpoint_unconditional_and_validation(tmp_path):
     with pytest.raises(ValueError, match="n_per_class"):
         M.evaluate_checkpoint(model, toy_preset(), out=tmp_path / "v", n_per_class=1, classifier=OracleClassifier())
     with pytest.raises(ValueError, match="classes"):
-        M.evaluate_checkpoint(tiny_unet(num_classes=5), toy_preset(), out=tmp_path / "w", classifier=OracleClassifier())
+        M.evaluate_checkpoint(make_tiny(num_classes=5), toy_preset(), out=tmp_path / "w", classifier=OracleClassifier())
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ERASEDIFF_SLOW"), reason="slow: set ERASEDIFF_SLOW=1")
 def test_evaluate_checkpoint_with_inception(tmp_path, inception_dir):
-    m = M.evaluate_checkpoint(tiny_unet(), toy_preset(), out=tmp_path / "i", classifier=OracleClassifier(), n_per_class=2,
+    m = M.evaluate_checkpoint(make_tiny(), toy_preset(), out=tmp_path / "i", classifier=OracleClassifier(), n_per_class=2,
                               n_real_per_class=2, progress=False, mia_timesteps=(100,), inception=True,
                               inception_weights=inception_dir)
     assert set(m["fid"]) == {"per_class", "forget", "remain"} and len(m["fid"]["per_class"]) == 10

@@ -1,0 +1,28 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from erasediff.cli import build_parser, main
+
+
+def test_help_lists_subcommands():
+    script = Path(sys.executable).parent / "erasediff"       # the console script installed by pip
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for cmd in ("train", "presets"):
+        assert cmd in out.stdout
+
+
+def test_bad_input_is_rejected_before_work(tmp_path, capsys):
+    assert main(["train", "--what", "retrain", "--out", str(tmp_path / "r"), "--forget", "3", "99", "--quiet"]) == 2
+    assert "forget classes" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--what", "nothing", "--out", "x"])
+
+
+def test_presets_command(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "cifar10" in out
