@@ -292,6 +292,23 @@ def test_predicted_noise_kl_known_distribution():
     assert float(M.predicted_noise_kl(NoisePredictor(0.0, 1.0), x, None, NoiseSchedule(), (10,)).max()) < 0.01
 
 
+def test_predicted_noise_stats_loss_is_eps_loss():
+    sched = NoiseSchedule()
+    model = make_tiny().eval()
+    x, y = load_digits_set("train").tensors()
+    loss, kl = M.predicted_noise_stats(model, x[:5], y[:5], sched, (10, 700), seed=2, batch_size=3)
+    torch.testing.assert_close(loss, M.per_sample_losses(model, x[:5], y[:5], sched, (10, 700), seed=2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl, M.predicted_noise_kl(model, x[:5], y[:5], sched, (10, 700), seed=2))
+    assert kl.shape == (5, 2) and (kl >= 0).all()
+
+
+def test_mia_from_losses_shapes():
+    r = M.mia_from_losses(torch.zeros(4, 2), torch.ones(3, 2), (10, 20))
+    assert r["mean"]["auc"] == 1.0 and r["per_timestep"][20]["loss_nonmembers"] == 1.0
+    with pytest.raises(ValueError, match="losses must be"):
+        M.mia_from_losses(torch.zeros(4, 2), torch.ones(3, 2), (10,))
+
+
 def test_figures_are_figures():
     from matplotlib.figure import Figure
     rng = np.random.default_rng(0)
@@ -398,6 +415,13 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["seed"] == 1 and m2["seed"] == 1
 
 
+def test_evaluate_checkpoint_default_out_is_beside_the_checkpoint(tmp_path):
+    ck = save_unet(make_tiny(), tmp_path / "run" / "unet")
+    M.evaluate_checkpoint(ck, toy_preset(eval_per_class=2), classifier=OracleClassifier(), progress=False, mia_timesteps=(100,))
+    assert (tmp_path / "run" / "unet-eval" / "metrics.json").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
 def test_evaluate_checkpoint_unconditional_and_validation(tmp_path):
     model = make_tiny(num_classes=None)
     m = M.evaluate_checkpoint(model, toy_preset(eval_per_class=2), out=tmp_path / "u", classifier=OracleClassifier(),
@@ -452,6 +476,6 @@ def test_shipped_unscrubbed_vs_retrain(shipped, tmp_path):
     preset = get_preset("digits")
     r = {w: M.evaluate_checkpoint(shipped[w], preset, out=tmp_path / w, classifier=shipped["classifier"], n_per_class=30,
                                   progress=False) for w in ("unscrubbed", "retrain")}
-    assert r["unscrubbed"]["accuracy"]["forget"] > 0.8 and r["retrain"]["accuracy"]["forget"] < 0.1
+    assert r["unscrubbed"]["accuracy"]["forget"] > 0.8 and r["retrain"]["accuracy"]["forget"] < 0.2
     assert r["unscrubbed"]["accuracy"]["remain"] > 0.8 and r["retrain"]["accuracy"]["remain"] > 0.8
     assert r["unscrubbed"]["mia"]["mean"]["auc"] > r["retrain"]["mia"]["mean"]["auc"]
