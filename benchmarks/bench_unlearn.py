@@ -1,13 +1,14 @@
 """Benchmark of EraseDiff unlearning on a preset (default: digits, forget 2 and 8).
 
 Prints, in one run:
-- unlearning wall time / Retrain training wall time (Retrain's time from data/manifest.json 'digits/retrain'
-  'train_seconds' when shipped, else a Retrain run of the same preset is timed here);
+- unlearning wall time / Retrain training wall time (Retrain's time: --retrain-seconds when given, e.g. a clean
+  timing of `erasediff train --what retrain` on this machine; else data/manifest.json 'digits/retrain'
+  'train_seconds' when shipped, which records the machine load of that run; else a Retrain run is timed here);
 - peak memory of unlearning / peak memory of plain training steps (erasediff.core.measure: process RSS high-water
   mark on CPU, CUDA max allocated on a GPU);
 - classifier accuracy on CFG samples of the forgotten and of the remaining classes, before and after, per seed.
 
-    .venv/bin/python benchmarks/bench_unlearn.py [--preset digits] [--forget 2 8] [--seeds 0 1 2] [--eval-per-class 100]
+    .venv/bin/python benchmarks/bench_unlearn.py [--preset digits] [--forget 2 8] [--seeds 0 1 2] [--eval-per-class 100] [--retrain-seconds S]
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def plain_training_peak(preset, steps: int = 5) -> dict:
             "peak_rss_mb": cost["peak_rss_mb"], "cuda_peak_mb": cost["cuda_peak_mb"]}
 
 
-def retrain_seconds(preset, forget, tmp: Path) -> tuple[float, str]:
-    "Retrain's training wall time: from the shipped manifest, else timed here."
+def retrain_seconds(preset, forget, tmp: Path, given: float | None = None) -> tuple[float, str]:
+    "Retrain's training wall time: `given` (measured elsewhere), else from the shipped manifest, else timed here."
     from erasediff.train import read_manifest, train_reference
+    if given: return float(given), "--retrain-seconds"
     entry = read_manifest().get(f"{preset.name}/retrain")
     if entry and entry.get("train_seconds"):
         return float(entry["train_seconds"]), "data/manifest.json"
@@ -58,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="erasediff")
     ap.add_argument("--eval-per-class", type=int, default=None, help="CFG samples per class (default: the preset's)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--config", type=json.loads, default=None, help='JSON overrides of default_config, e.g. \'{"lr": 0.001}\'')
+    ap.add_argument("--retrain-seconds", type=float, default=None,
+                    help="Retrain's training wall time measured on this machine (default: data/manifest.json)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
@@ -65,20 +70,20 @@ def main(argv=None) -> int:
     from erasediff.unlearn import default_config, unlearn
     preset = get_preset(args.preset)
     forget = tuple(args.forget or preset.forget_classes)
-    config = default_config(preset, args.method)
+    config = replace(default_config(preset, args.method), **(args.config or {}))
     runs = []
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         plain = plain_training_peak(preset)
         for s in args.seeds:
-            r = unlearn(preset, forget, d / f"seed{s}", seed=s, method=args.method, eval_per_class=args.eval_per_class,
+            r = unlearn(preset, forget, d / f"seed{s}", seed=s, method=args.method, eval_per_class=args.eval_per_class, config=config,
                         progress=False)
             runs.append(r)
             b, a = r["before"], r["after"]
             print(f"seed {s}: forgotten {b['acc_forget']:.1%} -> {a['acc_forget']:.1%} | remaining {b['acc_remain']:.1%} -> "
                   f"{a['acc_remain']:.1%} | unlearning {r['unlearn_seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB",
                   flush=True)
-        t_retrain, src = retrain_seconds(preset, forget, d)
+        t_retrain, src = retrain_seconds(preset, forget, d, args.retrain_seconds)
 
     def ms(xs):
         return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -90,7 +95,7 @@ def main(argv=None) -> int:
     n = runs[0]["eval_per_class"]
     print()
     print(f"EraseDiff benchmark — preset {preset.name}, forget {list(forget)}, method {args.method}, "
-          f"{config.steps} outer steps, seeds {args.seeds}, device {runs[0]['device']}, torch threads {torch.get_num_threads()}")
+          f"{config.steps} outer steps{' ' + json.dumps(args.config) if args.config else ''}, seeds {args.seeds}, device {runs[0]['device']}, torch threads {torch.get_num_threads()}")
     print(f"unlearning wall time      {t_u[0]:7.1f} ± {t_u[1]:.1f} s")
     print(f"Retrain training time     {t_retrain:7.1f} s ({src})")
     print(f"ratio unlearn / retrain   {t_u[0] / t_retrain:7.4f}   (target <= 0.05)")

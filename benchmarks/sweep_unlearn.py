@@ -1,0 +1,125 @@
+"""Calibration sweep of an unlearning method on a preset's shipped Unscrubbed model.
+
+Each setting (a JSON dict of overrides of `default_config(preset, method)`) runs once per seed; the classifier
+accuracy on CFG samples of the forgotten and the remaining classes is measured at the outer steps given by
+`--at` (checkpoints of the same run: the learning rate is constant, so step s of a longer run is a run of s steps).
+Unlearning wall time excludes the evaluations. Prints one line per (setting, seed, step) and a mean ± std table.
+
+    .venv/bin/python benchmarks/sweep_unlearn.py --grid '[{"lam": 1.0}, {"lam": 1.0, "lr": 0.003}]' --at 20 40 80 --seeds 0 1
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+def evaluate(model, classifier, schedule, sampler, forget, n_classes, n_forget, n_remain, seed) -> dict:
+    "Accuracy of the classifier on CFG samples: n_forget per forgotten class, n_remain per remaining class."
+    from erasediff.core import generate
+    from erasediff.train import predict
+    counts = [n_forget if c in forget else n_remain for c in range(n_classes)]
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    was_training = model.training
+    model.eval()
+    x = generate(model, schedule, labels, config=sampler, seed=seed, progress=False)
+    model.train(was_training)
+    pred = predict(classifier, x)
+    per = {c: (pred[labels == c] == c).float().mean().item() for c in range(n_classes)}
+    rem = [c for c in range(n_classes) if c not in forget]
+    return {"acc_forget": statistics.mean(per[c] for c in forget), "acc_remain": statistics.mean(per[c] for c in rem),
+            "per_class": per}
+
+
+def run_setting(preset, forget, overrides: dict, seed: int, at: list[int], method: str, n_forget: int, n_remain: int,
+                eval_seed: int) -> list[dict]:
+    from erasediff.core import NoiseSchedule
+    from erasediff.data import make_splits, ForgetSpec
+    from erasediff.train import fit, load_reference
+    from erasediff.unlearn import PairedBatches, default_config, make_objective
+    cfg = replace(default_config(preset, method), **overrides)
+    at = sorted(s for s in at if s <= cfg.steps) or [cfg.steps]
+    if cfg.steps not in at: at.append(cfg.steps)
+    train, test = preset.load_data()
+    splits = make_splits(train, test, ForgetSpec(classes=tuple(forget)))
+    model = load_reference(preset.name, "unscrubbed")
+    clf = load_reference(preset.name, "classifier")
+    schedule = NoiseSchedule(preset.schedule)
+    torch.manual_seed(seed)
+    rows, eval_s = [], 0.0
+    t0 = time.perf_counter()
+
+    def callback(step, m, logs):
+        nonlocal eval_s
+        if step not in at: return
+        e0 = time.perf_counter()
+        acc = evaluate(m, clf, schedule, preset.sampler, forget, len(train.classes), n_forget, n_remain, eval_seed)
+        eval_s += time.perf_counter() - e0
+        rows.append({"setting": json.dumps(overrides), "seed": seed, "step": step,
+                     "unlearn_s": time.perf_counter() - t0 - eval_s, **acc,
+                     **{k: logs.get(k) for k in ("L_r", "L_f", "q", "lambda", "cos")}})
+        r = rows[-1]
+        per = " ".join(f"{r['per_class'][c]:.2f}" for c in forget)
+        print(f"{r['setting']:50s} seed {seed} step {step:4d}: forget {r['acc_forget']:.3f} "
+              f"({per}) remain {r['acc_remain']:.3f} "
+              f"| {r['unlearn_s']:.1f}s L_f {r['L_f']:.3f} L_r {r['L_r']:.3f}", flush=True)
+
+    objective = make_objective(method, schedule, cfg)
+    batches = PairedBatches(splits.remain, splits.forget, cfg.batch_size, cfg.forget_batch_size, seed=seed)
+    fit(model, objective, batches, cfg.loop(seed), progress=False, callback=callback, desc=method)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--forget", nargs="+", type=int, default=None)
+    ap.add_argument("--method", default="erasediff")
+    ap.add_argument("--grid", type=json.loads, required=True, help="JSON list of override dicts")
+    ap.add_argument("--at", nargs="+", type=int, default=[], help="outer steps to evaluate at (default: the end)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--n-forget", type=int, default=50, help="CFG samples per forgotten class")
+    ap.add_argument("--n-remain", type=int, default=20, help="CFG samples per remaining class")
+    ap.add_argument("--eval-seed", type=int, default=123, help="noise of the evaluation samples (same for every row)")
+    ap.add_argument("--baseline", action="store_true", help="also evaluate the Unscrubbed model (step 0)")
+    ap.add_argument("--jsonl", type=Path, default=None, help="append every row here")
+    args = ap.parse_args(argv)
+    from erasediff.core import NoiseSchedule
+    from erasediff.train import get_preset, load_reference
+    preset = get_preset(args.preset)
+    forget = tuple(args.forget or preset.forget_classes)
+    rows = []
+    if args.baseline:
+        train, _ = preset.load_data()
+        acc = evaluate(load_reference(preset.name, "unscrubbed"), load_reference(preset.name, "classifier"),
+                       NoiseSchedule(preset.schedule), preset.sampler, forget, len(train.classes), args.n_forget,
+                       args.n_remain, args.eval_seed)
+        rows.append({"setting": "unscrubbed", "seed": 0, "step": 0, "unlearn_s": 0.0, **acc})
+        print(f"unscrubbed: forget {acc['acc_forget']:.3f} remain {acc['acc_remain']:.3f}", flush=True)
+    for overrides in args.grid:
+        for s in args.seeds:
+            new = run_setting(preset, forget, overrides, s, args.at, args.method, args.n_forget, args.n_remain, args.eval_seed)
+            rows += new
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    for r in new: f.write(json.dumps(r) + "\n")
+    print(f"\n{'setting':50s} {'step':>5s} {'forget acc':>15s} {'remain acc':>15s} {'time s':>7s}  (mean ± std over seeds {args.seeds})")
+    keys = sorted({(r["setting"], r["step"]) for r in rows}, key=lambda k: [r["setting"] for r in rows].index(k[0]) * 10**6 + k[1])
+    for setting, step in keys:
+        sel = [r for r in rows if r["setting"] == setting and r["step"] == step]
+        f = [r["acc_forget"] for r in sel]; m = [r["acc_remain"] for r in sel]; t = [r["unlearn_s"] for r in sel]
+        sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
+        print(f"{setting:50s} {step:5d} {statistics.mean(f):7.3f} ± {sd(f):.3f} {statistics.mean(m):7.3f} ± {sd(m):.3f} "
+              f"{statistics.mean(t):7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
