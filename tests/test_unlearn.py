@@ -71,6 +71,20 @@ def test_lambda_zero_is_finetuning(splits):
     assert any(not torch.equal(a, b) for a, b in zip(ft.parameters(), ed1.parameters()))
 
 
+def test_fixed_lambda_update_does_not_depend_on_K(splits):
+    """With a fixed lambda, grad q = grad L_f(theta) (phi_K is a constant), so the outer trajectory is the same for any
+    K and zeta; only the logged q changes. With lam='auto', K enters through q and the trajectory changes."""
+    cfg = dict(lam=1.0, batch_size=16, rem_num=32)
+    a, ra = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(K=1, zeta=1e-3, **cfg)), splits, steps=3)
+    b, rb = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(K=5, zeta=1e-2, **cfg)), splits, steps=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert [h["q"] for h in ra.history] != [h["q"] for h in rb.history]
+    cfg["lam"] = "auto"
+    c, _ = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(K=1, zeta=1e-2, eta=10.0, **cfg)), splits, steps=3)
+    d, _ = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(K=5, zeta=1e-2, eta=10.0, **cfg)), splits, steps=3)
+    assert any(not torch.equal(x, y) for x, y in zip(c.parameters(), d.parameters()))
+
+
 def test_inner_loop_restores_theta_exactly(splits):
     m = tiny_model()
     before = {k: v.clone() for k, v in m.state_dict().items()}
