@@ -33,10 +33,11 @@ __all__ = ['INCEPTION_FILE', 'MIA_TIMESTEPS', 'as_tensors', 'eval_mode', 'featur
            'frechet_from_features', 'default_inception_path', 'write_inception_weights', 'resolve_inception_weights',
            'to_uint8_rgb', 'inception_features', 'inception_fid', 'frechet_by_class', 'classifier_features',
            'classifier_logits', 'classifier_frechet_distance', 'classify', 'conditional_accuracy', 'forget_share',
-           'per_sample_losses', 'attack_metrics', 'membership_inference', 'mia_from_losses', 'gaussian_kl_to_standard',
-           'predicted_noise_stats', 'predicted_noise_kl', 'plot_distributions', 'plot_kl', 'plot_losses',
-           'weight_distance', 'knn_radii', 'precision_recall', 'flat_grad', 'gradient_cosine', 'gradient_conflict',
-           'metrics_markdown', 'sample_metrics', 'forget_set_metrics', 'evaluate_checkpoint', 'summarize_seeds']
+           'noise_predictions', 'per_sample_losses', 'attack_metrics', 'membership_inference', 'mia_from_losses',
+           'gaussian_kl_to_standard', 'predicted_noise_stats', 'predicted_noise_kl', 'plot_distributions', 'plot_kl',
+           'plot_losses', 'weight_distance', 'knn_radii', 'precision_recall', 'flat_grad', 'gradient_cosine',
+           'gradient_conflict', 'metrics_markdown', 'sample_metrics', 'forget_set_metrics', 'evaluate_checkpoint',
+           'summarize_seeds']
 
 # %% ../nbs/05_metrics.ipynb #29f9c247
 def as_tensors(data) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -308,12 +309,13 @@ def forget_share(classifier: nn.Module, images: torch.Tensor, forget_classes: Se
 MIA_TIMESTEPS: tuple[int, ...] = (10, 50, 100, 200, 500)
 
 
-@torch.no_grad()
-def per_sample_losses(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor], schedule: NoiseSchedule,
+def noise_predictions(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor], schedule: NoiseSchedule,
                       timesteps: Sequence[int] = MIA_TIMESTEPS, *, seed: int = 0, batch_size: int = 256,
-                      progress: bool = False) -> torch.Tensor:
-    """Per-sample eps losses (N, K) of `model` on images (N,C,H,W) at each of the K `timesteps`, with one fixed
-    noise draw (seeded) per image; `labels` (N,) are used only by class-conditional models."""
+                      progress: bool = False) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """The one pass behind the per-sample figures: for each timestep index k and batch start i, yields
+    (k, i, eps_theta(x_t, t_k, c) (b,C,H,W), eps (b,C,H,W)), both float on the model's device, with x_t = q_sample of
+    images[i:i+b] and one fixed noise draw eps (seeded) per image. `labels` (N,) are used only by class-conditional
+    models. Call it under `torch.no_grad()`."""
     if not len(timesteps) or any(not 0 <= t < schedule.T for t in timesteps):
         raise ValueError(f"timesteps must be a non-empty list in 0..{schedule.T - 1}, got {list(timesteps)}")
     labels = None if num_classes(model) is None or labels is None else torch.as_tensor(labels, dtype=torch.long)
@@ -321,15 +323,25 @@ def per_sample_losses(model: nn.Module, images: torch.Tensor, labels: Optional[t
         raise ValueError("the model is class-conditional: labels are required")
     dev = _device(model)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-    out = torch.zeros(len(images), len(timesteps))
     with eval_mode(model):
-        for k, t in enumerate(tqdm(timesteps, desc="losses", disable=not progress, leave=False)):
+        for k, t in enumerate(tqdm(timesteps, desc="noise predictions", disable=not progress, leave=False)):
             for i in range(0, len(images), batch_size):
-                x = images[i:i + batch_size].to(dev)
-                y = None if labels is None else labels[i:i + batch_size].to(dev)
+                x, nz = images[i:i + batch_size].to(dev), noise[i:i + batch_size].to(dev)
                 tt = torch.full((len(x),), int(t), dtype=torch.long, device=dev)
-                out[i:i + len(x), k] = eps_loss(model, x, y, schedule, noise=noise[i:i + len(x)].to(dev), t=tt,
-                                                reduction="none").cpu()
+                y = None if labels is None else labels[i:i + batch_size].to(dev)
+                yield k, i, predict_eps(model, q_sample(x, tt, nz, schedule), tt, y).float(), nz.float()
+
+
+@torch.no_grad()
+def per_sample_losses(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor], schedule: NoiseSchedule,
+                      timesteps: Sequence[int] = MIA_TIMESTEPS, *, seed: int = 0, batch_size: int = 256,
+                      progress: bool = False) -> torch.Tensor:
+    """Per-sample eps losses (N, K) of `model` on images (N,C,H,W) at each of the K `timesteps`, with one fixed
+    noise draw (seeded) per image; `labels` (N,) are used only by class-conditional models."""
+    out = torch.zeros(len(images), len(timesteps))
+    for k, i, eps, nz in noise_predictions(model, images, labels, schedule, timesteps, seed=seed, batch_size=batch_size,
+                                           progress=progress):
+        out[i:i + len(eps), k] = (eps - nz).pow(2).flatten(1).mean(1).cpu()
     return out
 
 
@@ -385,22 +397,11 @@ def predicted_noise_stats(model: nn.Module, images: torch.Tensor, labels: Option
                           batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """From one forward pass per image and timestep (same fixed noise as `per_sample_losses`): the per-sample eps
     loss (N, K) and the KL (N, K) of the predicted noise eps_theta(x_t, t, c) to N(0, 1)."""
-    labels = None if num_classes(model) is None or labels is None else torch.as_tensor(labels, dtype=torch.long)
-    if num_classes(model) is not None and labels is None:
-        raise ValueError("the model is class-conditional: labels are required")
-    dev = _device(model)
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     loss = torch.zeros(len(images), len(timesteps))
     kl = torch.zeros(len(images), len(timesteps), dtype=torch.float64)
-    with eval_mode(model):
-        for k, t in enumerate(timesteps):
-            for i in range(0, len(images), batch_size):
-                x, nz = images[i:i + batch_size].to(dev), noise[i:i + batch_size].to(dev)
-                tt = torch.full((len(x),), int(t), dtype=torch.long, device=dev)
-                y = None if labels is None else labels[i:i + batch_size].to(dev)
-                eps = predict_eps(model, q_sample(x, tt, nz, schedule), tt, y).float()
-                loss[i:i + len(x), k] = (eps - nz.float()).pow(2).flatten(1).mean(1).cpu()
-                kl[i:i + len(x), k] = gaussian_kl_to_standard(eps).cpu()
+    for k, i, eps, nz in noise_predictions(model, images, labels, schedule, timesteps, seed=seed, batch_size=batch_size):
+        loss[i:i + len(eps), k] = (eps - nz).pow(2).flatten(1).mean(1).cpu()
+        kl[i:i + len(eps), k] = gaussian_kl_to_standard(eps).cpu()
     return loss, kl
 
 
