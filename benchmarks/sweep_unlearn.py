@@ -24,7 +24,7 @@ import torch
 def evaluate(model, classifier, schedule, sampler, forget, n_classes, n_forget, n_remain, seed) -> dict:
     "Accuracy of the classifier on CFG samples: n_forget per forgotten class, n_remain per remaining class."
     from erasediff.core import generate
-    from erasediff.train import predict
+    from erasediff.train import per_class_accuracy, predict
     counts = [n_forget if c in forget else n_remain for c in range(n_classes)]
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
     was_training = model.training
@@ -32,7 +32,7 @@ def evaluate(model, classifier, schedule, sampler, forget, n_classes, n_forget, 
     x = generate(model, schedule, labels, config=sampler, seed=seed, progress=False)
     model.train(was_training)
     pred = predict(classifier, x)
-    per = {c: (pred[labels == c] == c).float().mean().item() for c in range(n_classes)}
+    per = per_class_accuracy(pred, labels)
     rem = [c for c in range(n_classes) if c not in forget]
     return {"acc_forget": statistics.mean(per[c] for c in forget), "acc_remain": statistics.mean(per[c] for c in rem),
             "per_class": per}

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, eps_loss, generate, load_unet,
                             measure, num_classes, predict_eps, q_sample)
 from .data import ForgetSpec, ImageSet, load_dataset, make_splits
+from .train import per_class_accuracy
 
 # %% auto #0
 __all__ = ['INCEPTION_FILE', 'MIA_TIMESTEPS', 'as_tensors', 'eval_mode', 'feature_stats', 'frechet_distance',
@@ -291,11 +292,11 @@ def conditional_accuracy(classifier: nn.Module, images: torch.Tensor, labels: to
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(labels) != len(images):
         raise ValueError(f"labels: {len(labels)} labels for {len(images)} images")
-    hit = (classify(classifier, images, batch_size) == labels).double()
+    pred = classify(classifier, images, batch_size)
+    hit = (pred == labels).double()
     fmask = torch.isin(labels, torch.tensor(list(forget_classes), dtype=torch.long))
     mean = lambda m: float(hit[m].mean()) if m.any() else None
-    return {"per_class": {int(c): mean(labels == c) for c in labels.unique()},
-            "forget": mean(fmask), "remain": mean(~fmask)}
+    return {"per_class": per_class_accuracy(pred, labels), "forget": mean(fmask), "remain": mean(~fmask)}
 
 
 def forget_share(classifier: nn.Module, images: torch.Tensor, forget_classes: Sequence[int], batch_size: int = 512) -> float:

@@ -36,8 +36,9 @@ from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_spli
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
            'NonFiniteLossError', 'FitResult', 'fit', 'DigitsClassifier', 'ResNetClassifier', 'predict', 'accuracy',
-           'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid', 'show_grid', 'save_grid', 'train_reference',
-           'data_dir', 'read_manifest', 'reference_path', 'load_reference', 'ship_reference', 'class_recognition']
+           'per_class_accuracy', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid', 'show_grid', 'save_grid',
+           'train_reference', 'data_dir', 'read_manifest', 'reference_path', 'load_reference', 'ship_reference',
+           'class_recognition']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -255,6 +256,14 @@ def predict(classifier: nn.Module, x: torch.Tensor, batch_size: int = 500) -> to
 def accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     "Share of images `x` (N,C,H,W) that `classifier` assigns to their labels `y` (N,)."
     return (predict(classifier, x) == y).float().mean().item() if len(y) else float("nan")
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+    "Per class c present in `labels` (N,): the share of its entries whose prediction in `pred` (N,) is c."
+    pred, labels = torch.as_tensor(pred, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    if pred.shape != labels.shape:
+        raise ValueError(f"pred: shape {tuple(pred.shape)} does not match labels {tuple(labels.shape)}")
+    return {int(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique()}
 
 # %% ../nbs/02_train.ipynb #0d9299c4
 @dataclass(frozen=True)
@@ -493,4 +502,4 @@ def class_recognition(model: UNet2DModel, classifier: nn.Module, schedule: Noise
         raise ValueError("class_recognition needs a class-conditional model")
     labels = torch.arange(k).repeat_interleave(n_per_class)
     pred = predict(classifier, generate(model, schedule, labels, config=sampler, seed=seed, progress=progress))
-    return {c: (pred[labels == c] == c).float().mean().item() for c in range(k)}
+    return per_class_accuracy(pred, labels)

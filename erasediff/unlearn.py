@@ -28,7 +28,7 @@ from torch.func import functional_call
 from .core import (NoiseSchedule, SamplerConfig, atomic_dir, atomic_write_json, drop_labels, eps_loss, generate,
                             load_unet, num_classes, null_label, q_sample, sample_timesteps, sha256_path)
 from .data import ForgetSpec, ImageSet, InfiniteBatches, Splits, make_splits
-from .train import (CLASSIFIERS, LoopConfig, Preset, fit, get_preset, predict, save_grid)
+from .train import (CLASSIFIERS, LoopConfig, Preset, fit, get_preset, per_class_accuracy, predict, save_grid)
 
 # %% auto #0
 __all__ = ['FORGET_NOISES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS', 'UnlearnConfig', 'EraseDiffConfig', 'FinetuneConfig',
@@ -371,7 +371,7 @@ def sample_accuracy(model: UNet2DModel, classifier: nn.Module, schedule: NoiseSc
         labels = torch.arange(n_classes).repeat_interleave(n_per_class)
         x = generate(model, schedule, labels, config=sampler, seed=seed, progress=progress)
         pred = predict(classifier, x)
-        per = {c: (pred[labels == c] == c).float().mean().item() for c in range(n_classes)}
+        per = per_class_accuracy(pred, labels)
         rem = [c for c in range(n_classes) if c not in F_]
         mean = lambda cs: sum(per[c] for c in cs) / len(cs) if cs else float("nan")
         return {"acc_forget": mean(F_), "acc_remain": mean(rem), "per_class": per, "n_per_class": n_per_class}, x, labels
