@@ -10,7 +10,6 @@ Unlearning wall time excludes the evaluations. Prints one line per (setting, see
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -43,7 +42,7 @@ def run_setting(preset, forget, overrides: dict, seed: int, at: list[int], metho
     from erasediff.core import NoiseSchedule
     from erasediff.data import make_splits, ForgetSpec
     from erasediff.train import fit, load_reference
-    from erasediff.unlearn import PairedBatches, default_config, make_objective
+    from erasediff.unlearn import PairedBatches, default_config, make_objective, select_params
     cfg = replace(default_config(preset, method), **overrides)
     at = sorted(s for s in at if s <= cfg.steps) or [cfg.steps]
     if cfg.steps not in at: at.append(cfg.steps)
@@ -73,7 +72,8 @@ def run_setting(preset, forget, overrides: dict, seed: int, at: list[int], metho
 
     objective = make_objective(method, schedule, cfg)
     batches = PairedBatches(splits.remain, splits.forget, cfg.batch_size, cfg.forget_batch_size, seed=seed)
-    fit(model, objective, batches, cfg.loop(seed), progress=False, callback=callback, desc=method)
+    params = [p for _, p in select_params(model, cfg.params)]   # the parameter subset of `params`, as in unlearn()
+    fit(model, objective, batches, cfg.loop(seed), params=params, progress=False, callback=callback, desc=method)
     return rows
 
 

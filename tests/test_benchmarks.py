@@ -29,3 +29,15 @@ def test_sweep_unlearn_runs_and_records(tmp_path, capsys):
     assert all(0 <= r["acc_forget"] <= 1 and 0 <= r["acc_remain"] <= 1 for r in rows)
     assert set(rows[0]["per_class"]) == {str(c) for c in range(10)}
     assert "forget acc" in capsys.readouterr().out
+
+
+def test_sweep_unlearn_honours_parameter_subset():
+    "The sweep trains the `params` subset as unlearn() does: a pattern that matches no parameter is an error."
+    from erasediff.train import reference_path
+    try:
+        reference_path("digits", "unscrubbed"); reference_path("digits", "classifier")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"shipped digits models not available: {e}")
+    with pytest.raises(ValueError, match="match no parameter"):
+        load("sweep_unlearn").main(["--grid", '[{"epochs": 1, "rem_num": 64, "params": ["no_such_layer"]}]',
+                                    "--n-forget", "1", "--n-remain", "1"])
