@@ -1,14 +1,18 @@
-"""Benchmark of EraseDiff unlearning on a preset (default: digits, forget 2 and 8).
+"""Benchmark of EraseDiff unlearning on a preset (default: digits), forget losses side by side.
 
-Prints, in one run:
-- unlearning wall time / Retrain training wall time (Retrain's time: --retrain-seconds when given, e.g. a clean
-  timing of `erasediff train --what retrain` on this machine; else data/manifest.json 'digits/retrain'
-  'train_seconds' when shipped, which records the machine load of that run; else a Retrain run is timed here);
+For every forget pair (`--pairs`), every seed and every forget loss (`--losses`, default: the released 'deviate' loss
+and the first version's 'uniform' loss; `--v1-pairs` limits the second to some pairs), one `erasediff.unlearn.unlearn`
+run with the preset's default config for that loss (`default_config(preset, "erasediff", loss)`); then the classifier's accuracy on samples at w = 0, the preset's w and the peers'
+w = 1 (the same noise for every model): `--n-forget` per forgotten class, `--n-remain` per remaining class. The
+Unscrubbed model is measured once per pair with the same noise. Prints, in one run:
+- per run: forget / remain accuracy at each guidance scale and the worst, unlearning wall time, peak memory;
+- per (pair, loss): mean ± std over seeds and the worst seed, against the targets of the EraseDiff issue;
+- unlearning wall time / Retrain training wall time (Retrain's time: --retrain-seconds when given, e.g. a clean timing
+  of `erasediff train --what retrain` on this machine; else data/manifest.json 'digits/retrain' 'train_seconds');
 - peak memory of unlearning / peak memory of plain training steps (erasediff.core.measure: process RSS high-water
-  mark on CPU, CUDA max allocated on a GPU);
-- classifier accuracy on CFG samples of the forgotten and of the remaining classes, before and after, per seed.
+  mark on CPU, CUDA max allocated on a GPU).
 
-    .venv/bin/python benchmarks/bench_unlearn.py [--preset digits] [--forget 2 8] [--seeds 0 1 2] [--eval-per-class 100] [--retrain-seconds S]
+    .venv/bin/python benchmarks/bench_unlearn.py --pairs 2,8 4,9 1,7 --seeds 0 1 2 --v1-pairs 2,8 --retrain-seconds 659.8
 """
 from __future__ import annotations
 
@@ -52,13 +56,36 @@ def retrain_seconds(preset, forget, tmp: Path, given: float | None = None) -> tu
     return float(res.cost["wall_s"]), "timed here"
 
 
+def accuracy(model, preset, forget, n_forget: int, n_remain: int, eval_seed: int) -> dict:
+    "sample_accuracy at w = 0, the preset's w and 1, with the shipped classifier and a fixed noise seed."
+    from erasediff.core import NoiseSchedule
+    from erasediff.train import load_reference
+    from erasediff.unlearn import sample_accuracy
+    train, _ = preset.load_data()
+    acc, _, _ = sample_accuracy(model.eval(), load_reference(preset.name, "classifier"), NoiseSchedule(preset.schedule),
+                                preset.sampler, forget, len(train.classes), n_forget, seed=eval_seed, n_remain=n_remain)
+    return acc
+
+
+def _pair(text: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in text.replace(" ", "").split(","))
+
+
+def _ms(xs) -> str:
+    return f"{statistics.mean(xs):6.1%} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:5.1%}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="digits")
-    ap.add_argument("--forget", nargs="+", type=int, default=None, help="forget classes (default: the preset's)")
+    ap.add_argument("--pairs", nargs="+", type=_pair, default=None, help="forget sets, e.g. 2,8 4,9 (default: the preset's)")
+    ap.add_argument("--losses", nargs="+", default=["deviate", "uniform"], help="forget losses to compare")
+    ap.add_argument("--v1-pairs", nargs="*", type=_pair, default=None,
+                    help="run the losses other than the first only on these pairs (default: every pair)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--method", default="erasediff")
-    ap.add_argument("--eval-per-class", type=int, default=None, help="CFG samples per class (default: the preset's)")
+    ap.add_argument("--n-forget", type=int, default=100, help="samples per forgotten class, per guidance scale")
+    ap.add_argument("--n-remain", type=int, default=20, help="samples per remaining class, per guidance scale")
+    ap.add_argument("--eval-seed", type=int, default=123, help="noise of the evaluation samples (same for every model)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--config", type=json.loads, default=None, help='JSON overrides of default_config, e.g. \'{"lr": 0.001}\'')
     ap.add_argument("--retrain-seconds", type=float, default=None,
@@ -66,52 +93,85 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
-    from erasediff.train import get_preset
+    from erasediff.core import load_unet
+    from erasediff.train import get_preset, load_reference
     from erasediff.unlearn import default_config, unlearn
     preset = get_preset(args.preset)
-    forget = tuple(args.forget or preset.forget_classes)
-    config = replace(default_config(preset, args.method), **(args.config or {}))
-    runs = []
+    pairs = args.pairs or [tuple(preset.forget_classes)]
+    base = replace(default_config(preset), **(args.config or {}))
+    configs = {loss: replace(default_config(preset, "erasediff", loss), **(args.config or {})) for loss in args.losses}
+    runs, before = [], {}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         plain = plain_training_peak(preset)
-        for s in args.seeds:
-            r = unlearn(preset, forget, d / f"seed{s}", seed=s, method=args.method, eval_per_class=args.eval_per_class, config=config,
-                        progress=False)
-            runs.append(r)
-            b, a = r["before"], r["after"]
-            print(f"seed {s}: forgotten {b['acc_forget']:.1%} -> {a['acc_forget']:.1%} | remaining {b['acc_remain']:.1%} -> "
-                  f"{a['acc_remain']:.1%} | unlearning {r['unlearn_seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB",
-                  flush=True)
-        t_retrain, src = retrain_seconds(preset, forget, d, args.retrain_seconds)
+        for pair in pairs:
+            before[pair] = accuracy(load_reference(preset.name, "unscrubbed"), preset, pair, args.n_forget, args.n_remain,
+                                    args.eval_seed)
+            b = before[pair]
+            print(f"{list(pair)} Unscrubbed: " + " | ".join(
+                f"w={w}: forget {v['acc_forget']:.1%} remain {v['acc_remain']:.1%}" for w, v in b["by_w"].items()), flush=True)
+            for loss in args.losses:
+                if loss != args.losses[0] and args.v1_pairs is not None and pair not in args.v1_pairs: continue
+                cfg = configs[loss]                 # each loss with its own calibrated settings
+                for s in args.seeds:
+                    out = d / f"{'-'.join(map(str, pair))}-{loss}-{s}"
+                    r = unlearn(preset, pair, out, seed=s, config=cfg, eval_per_class=0, progress=False)
+                    a = accuracy(load_unet(out / "unet"), preset, pair, args.n_forget, args.n_remain, args.eval_seed)
+                    runs.append({"pair": list(pair), "loss": loss, "seed": s, "after": a, "unlearn_seconds": r["unlearn_seconds"],
+                                 "peak_rss_mb": r["peak_rss_mb"], "cuda_peak_mb": r["cuda_peak_mb"], "steps": r["steps"]})
+                    print(f"{list(pair)} {loss:8s} seed {s}: " + " | ".join(
+                        f"w={w}: forget {v['acc_forget']:.1%} remain {v['acc_remain']:.1%}" for w, v in a["by_w"].items())
+                        + f" | {r['unlearn_seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        t_retrain, src = retrain_seconds(preset, pairs[0], d, args.retrain_seconds)
 
-    def ms(xs):
-        return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
-    t_u = ms([r["unlearn_seconds"] for r in runs])
-    mem_u = max(r["peak_rss_mb"] or float("nan") for r in runs)
-    cuda_u = max((r["cuda_peak_mb"] or 0) for r in runs) or None
-    acc = {k: ms([r[when][key] for r in runs]) for when in ("before", "after") for key in ("acc_forget", "acc_remain")
-           for k in [f"{key}_{when}"]}
-    n = runs[0]["eval_per_class"]
+    ws = list(runs[0]["after"]["by_w"])
+    pw = f"{preset.sampler.w:g}"
     print()
-    print(f"EraseDiff benchmark — preset {preset.name}, forget {list(forget)}, method {args.method}, "
-          f"{config.steps} outer steps{' ' + json.dumps(args.config) if args.config else ''}, seeds {args.seeds}, device {runs[0]['device']}, torch threads {torch.get_num_threads()}")
-    print(f"unlearning wall time      {t_u[0]:7.1f} ± {t_u[1]:.1f} s")
+    print(f"EraseDiff benchmark — preset {preset.name}, {base.steps} outer steps, seeds {args.seeds}, device "
+          f"{'cuda' if torch.cuda.is_available() and preset.device == 'cuda' else 'cpu'}, torch threads {torch.get_num_threads()}, "
+          f"{args.n_forget} samples per forgotten class and {args.n_remain} per remaining class at each w")
+    for loss, cfg in configs.items():
+        first = vars(configs[args.losses[0]])
+        diff = {k: v for k, v in vars(cfg).items() if first.get(k) != v}
+        print(f"config {loss}: " + (json.dumps(vars(cfg), default=str) if loss == args.losses[0] else f"as above but {json.dumps(diff)}"))
+    print(f"targets: forget <= 1% at the preset's w = {pw} and <= 5% at w = 0; remain within 2 points of Unscrubbed at "
+          f"w = {pw} and 5 points at w = 0")
+    head = " ".join(f"{'forget w=' + w:>17s} {'remain w=' + w:>17s}" for w in ws)
+    print(f"{'pair':8s} {'loss':8s} {head} {'worst forget':>13s} {'worst remain drop':>18s} {'time s':>7s}")
+    for pair in pairs:
+        b = before[pair]["by_w"]
+        print(f"{str(list(pair)):8s} {'before':8s} " + " ".join(f"{b[w]['acc_forget']:17.1%} {b[w]['acc_remain']:17.1%}" for w in ws))
+        for loss in args.losses:
+            sel = [r for r in runs if tuple(r["pair"]) == pair and r["loss"] == loss]
+            if not sel: continue
+            cells = " ".join(f"{_ms([r['after']['by_w'][w]['acc_forget'] for r in sel]):>17s} "
+                             f"{_ms([r['after']['by_w'][w]['acc_remain'] for r in sel]):>17s}" for w in ws)
+            worst_f = max(r["after"]["acc_forget"] for r in sel)
+            drop = max(b[w]["acc_remain"] - r["after"]["by_w"][w]["acc_remain"] for r in sel for w in ws)
+            t = statistics.mean(r["unlearn_seconds"] for r in sel)
+            print(f"{str(list(pair)):8s} {loss:8s} {cells} {worst_f:13.1%} {100 * drop:15.1f} pt {t:7.1f}")
+    for loss in args.losses:
+        sel = [r for r in runs if r["loss"] == loss]
+        if not sel: continue
+        ok = []
+        for r in sel:
+            b, a = before[tuple(r["pair"])]["by_w"], r["after"]["by_w"]
+            ok.append(a[pw]["acc_forget"] <= 0.01 and a["0"]["acc_forget"] <= 0.05
+                      and b[pw]["acc_remain"] - a[pw]["acc_remain"] <= 0.02 and b["0"]["acc_remain"] - a["0"]["acc_remain"] <= 0.05)
+        print(f"{loss}: {sum(ok)}/{len(ok)} runs meet every accuracy target; worst forget at w = {pw}: "
+              f"{max(r['after']['by_w'][pw]['acc_forget'] for r in sel):.1%}, at w = 0: "
+              f"{max(r['after']['by_w']['0']['acc_forget'] for r in sel):.1%}")
+    t_u = statistics.mean(r["unlearn_seconds"] for r in runs)
+    mem_u = max(r["peak_rss_mb"] or float("nan") for r in runs)
+    print(f"unlearning wall time      {t_u:7.1f} s (mean of {len(runs)} runs; max {max(r['unlearn_seconds'] for r in runs):.1f} s)")
     print(f"Retrain training time     {t_retrain:7.1f} s ({src})")
-    print(f"ratio unlearn / retrain   {t_u[0] / t_retrain:7.4f}   (target <= 0.05)")
-    print(f"peak memory, unlearning   {mem_u:7.0f} MB RSS" + (f", {cuda_u:.0f} MB CUDA" if cuda_u else ""))
-    print(f"peak memory, plain train  {plain['peak_rss_mb']:7.0f} MB RSS ({plain['steps']} steps, batch {plain['batch_size']})"
-          + (f", {plain['cuda_peak_mb']:.0f} MB CUDA" if plain["cuda_peak_mb"] else ""))
-    print(f"ratio memory              {mem_u / plain['peak_rss_mb']:7.3f}")
-    print(f"accuracy on CFG samples ({n}/class, mean ± std over {len(runs)} seeds):")
-    print(f"  forgotten classes  before {acc['acc_forget_before'][0]:.1%} ± {acc['acc_forget_before'][1]:.1%}"
-          f"  after {acc['acc_forget_after'][0]:.1%} ± {acc['acc_forget_after'][1]:.1%}   (target <= 5%, stretch <= 1%)")
-    print(f"  remaining classes  before {acc['acc_remain_before'][0]:.1%} ± {acc['acc_remain_before'][1]:.1%}"
-          f"  after {acc['acc_remain_after'][0]:.1%} ± {acc['acc_remain_after'][1]:.1%}   "
-          f"(drop {100 * (acc['acc_remain_before'][0] - acc['acc_remain_after'][0]):.1f} points; target <= 3)")
+    print(f"ratio unlearn / retrain   {t_u / t_retrain:7.4f}   (target <= 0.05)")
+    print(f"peak memory, unlearning   {mem_u:7.0f} MB RSS; plain training {plain['peak_rss_mb']:.0f} MB "
+          f"({plain['steps']} steps, batch {plain['batch_size']}) -> ratio {mem_u / plain['peak_rss_mb']:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "plain_training": plain, "retrain_seconds": t_retrain,
-                                         "retrain_source": src}, indent=2, default=str))
+        args.json.write_text(json.dumps({"runs": runs, "before": {",".join(map(str, k)): v for k, v in before.items()},
+                                         "plain_training": plain, "retrain_seconds": t_retrain, "retrain_source": src},
+                                        indent=2, default=str))
     return 0
 
 

@@ -20,30 +20,35 @@ from pathlib import Path
 import torch
 
 
-def evaluate(model, classifier, schedule, sampler, forget, n_classes, n_forget, n_remain, seed) -> dict:
-    "Accuracy of the classifier on CFG samples: n_forget per forgotten class, n_remain per remaining class."
-    from erasediff.core import generate
-    from erasediff.train import per_class_accuracy, predict
-    counts = [n_forget if c in forget else n_remain for c in range(n_classes)]
-    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+def evaluate(model, classifier, schedule, sampler, forget, n_classes, n_forget, n_remain, seed, scales=None) -> dict:
+    """Accuracy of the classifier on samples at every guidance scale of `scales` (default: w = 0, the preset's and 1):
+    n_forget per forgotten class, n_remain per remaining class; acc_forget / acc_remain are the worst scale's."""
+    from erasediff.unlearn import sample_accuracy
     was_training = model.training
     model.eval()
-    x = generate(model, schedule, labels, config=sampler, seed=seed, progress=False)
+    acc, _, _ = sample_accuracy(model, classifier, schedule, sampler, forget, n_classes, n_forget, seed=seed,
+                                scales=scales, n_remain=n_remain)
     model.train(was_training)
-    pred = predict(classifier, x)
-    per = per_class_accuracy(pred, labels)
-    rem = [c for c in range(n_classes) if c not in forget]
-    return {"acc_forget": statistics.mean(per[c] for c in forget), "acc_remain": statistics.mean(per[c] for c in rem),
-            "per_class": per}
+    return acc
+
+
+def _fmt(r: dict, forget) -> str:
+    "w=<w>: forget acc (per forgotten class) / remain acc, for every guidance scale of a row."
+    parts = []
+    for w, v in r["by_w"].items():
+        per = " ".join(f"{v['per_class'][c]:.2f}" for c in forget)
+        parts.append(f"w={w}: {v['acc_forget']:.3f} ({per}) / {v['acc_remain']:.3f}")
+    return " ".join(parts)
 
 
 def run_setting(preset, forget, overrides: dict, seed: int, at: list[int], method: str, n_forget: int, n_remain: int,
-                eval_seed: int) -> list[dict]:
+                eval_seed: int, scales=None) -> list[dict]:
     from erasediff.core import NoiseSchedule
     from erasediff.data import make_splits, ForgetSpec
     from erasediff.train import fit, load_reference
     from erasediff.unlearn import PairedBatches, default_config, make_objective, select_params
-    cfg = replace(default_config(preset, method), **overrides)
+    loss = overrides.get("forget_loss") if method == "erasediff" else None
+    cfg = replace(default_config(preset, method, loss), **overrides)      # a loss's own calibrated settings first
     at = sorted(s for s in at if s <= cfg.steps) or [cfg.steps]
     if cfg.steps not in at: at.append(cfg.steps)
     train, test = preset.load_data()
@@ -59,18 +64,17 @@ def run_setting(preset, forget, overrides: dict, seed: int, at: list[int], metho
         nonlocal eval_s
         if step not in at: return
         e0 = time.perf_counter()
-        acc = evaluate(m, clf, schedule, preset.sampler, forget, len(train.classes), n_forget, n_remain, eval_seed)
+        acc = evaluate(m, clf, schedule, preset.sampler, forget, len(train.classes), n_forget, n_remain, eval_seed, scales)
         eval_s += time.perf_counter() - e0
-        rows.append({"setting": json.dumps(overrides), "seed": seed, "step": step,
+        rows.append({"setting": json.dumps(overrides), "forget": list(forget), "seed": seed, "step": step,
                      "unlearn_s": time.perf_counter() - t0 - eval_s, **acc,
                      **{k: logs.get(k) for k in ("L_r", "L_f", "q", "lambda", "cos")}})
         r = rows[-1]
-        per = " ".join(f"{r['per_class'][c]:.2f}" for c in forget)
-        print(f"{r['setting']:50s} seed {seed} step {step:4d}: forget {r['acc_forget']:.3f} "
-              f"({per}) remain {r['acc_remain']:.3f} "
-              f"| {r['unlearn_s']:.1f}s L_f {r['L_f']:.3f} L_r {r['L_r']:.3f}", flush=True)
+        print(f"{r['setting']:50s} {list(forget)} seed {seed} step {step:4d}: worst forget {r['acc_forget']:.3f} remain "
+              f"{r['acc_remain']:.3f} | {_fmt(r, forget)} | {r['unlearn_s']:.1f}s L_f {r['L_f']:.4f} L_r {r['L_r']:.4f} "
+              f"lambda {r['lambda']:.3g}", flush=True)
 
-    objective = make_objective(method, schedule, cfg)
+    objective = make_objective(method, schedule, cfg, forget, seed)
     batches = PairedBatches(splits.remain, splits.forget, cfg.batch_size, cfg.forget_batch_size, seed=seed)
     params = [p for _, p in select_params(model, cfg.params)]   # the parameter subset of `params`, as in unlearn()
     fit(model, objective, batches, cfg.loop(seed), params=params, progress=False, callback=callback, desc=method)
@@ -89,6 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-remain", type=int, default=20, help="CFG samples per remaining class")
     ap.add_argument("--eval-seed", type=int, default=123, help="noise of the evaluation samples (same for every row)")
     ap.add_argument("--baseline", action="store_true", help="also evaluate the Unscrubbed model (step 0)")
+    ap.add_argument("--w", nargs="+", type=float, default=None, help="guidance scales (default: 0, the preset's w, 1)")
     ap.add_argument("--jsonl", type=Path, default=None, help="append every row here")
     args = ap.parse_args(argv)
     from erasediff.core import NoiseSchedule
@@ -100,12 +105,14 @@ def main(argv=None) -> int:
         train, _ = preset.load_data()
         acc = evaluate(load_reference(preset.name, "unscrubbed"), load_reference(preset.name, "classifier"),
                        NoiseSchedule(preset.schedule), preset.sampler, forget, len(train.classes), args.n_forget,
-                       args.n_remain, args.eval_seed)
-        rows.append({"setting": "unscrubbed", "seed": 0, "step": 0, "unlearn_s": 0.0, **acc})
-        print(f"unscrubbed: forget {acc['acc_forget']:.3f} remain {acc['acc_remain']:.3f}", flush=True)
+                       args.n_remain, args.eval_seed, args.w)
+        rows.append({"setting": "unscrubbed", "forget": list(forget), "seed": 0, "step": 0, "unlearn_s": 0.0, **acc})
+        print(f"unscrubbed {list(forget)}: worst forget {acc['acc_forget']:.3f} remain {acc['acc_remain']:.3f} | "
+              f"{_fmt(acc, forget)}", flush=True)
     for overrides in args.grid:
         for s in args.seeds:
-            new = run_setting(preset, forget, overrides, s, args.at, args.method, args.n_forget, args.n_remain, args.eval_seed)
+            new = run_setting(preset, forget, overrides, s, args.at, args.method, args.n_forget, args.n_remain, args.eval_seed,
+                              args.w)
             rows += new
             if args.jsonl:
                 with open(args.jsonl, "a") as f:

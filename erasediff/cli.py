@@ -65,9 +65,14 @@ def _value(text: str):
 
 
 def _overrides(args) -> dict:
-    over = {k: getattr(args, k) for k in ("lam", "K", "epochs", "rounds", "lr", "rem_num", "batch_size")
-            if getattr(args, k, None) is not None}
-    if "lam" in over and over["lam"] != "auto": over["lam"] = float(over["lam"])
+    over = {k: getattr(args, k) for k in ("lam", "K", "epochs", "rounds", "lr", "rem_num", "batch_size", "forget_loss",
+                                          "pseudo_label") if getattr(args, k, None) is not None}
+    if "lam" in over and over["lam"] not in ("auto", "auto_cos"):
+        try: lam = float(over["lam"])
+        except ValueError: lam = float("nan")
+        if not lam >= 0 or lam == float("inf"):
+            raise ValueError(f"--lam: expected a number >= 0, 'auto' or 'auto_cos', got {over['lam']!r}")
+        over["lam"] = lam
     for item in args.set or []:
         if "=" not in item:
             raise ValueError(f"--set expects name=value, got {item!r}")
@@ -129,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--out", required=True, type=Path, help="output folder (unet/, README.md model card, metrics.json)")
     u.add_argument("--checkpoint", default=None, help="diffusers UNet folder or hub name (default: the shipped Unscrubbed model)")
     u.add_argument("--method", default="erasediff", help="unlearning method (registry name)")
-    u.add_argument("--lam", default=None, help="lambda >= 0, or 'auto' (BOME's adaptive rule)")
+    u.add_argument("--lam", default=None, help="lambda >= 0, 'auto' (BOME's adaptive rule) or 'auto_cos' (the released code's)")
+    u.add_argument("--forget-loss", dest="forget_loss", default=None, choices=("deviate", "uniform", "gaussian"),
+                   help="deviate: follow a pseudo label's denoising trajectory (released); uniform / gaussian: regress to U(0,1) / N(0.5,I) noise (v1)")
+    u.add_argument("--pseudo-label", dest="pseudo_label", default=None, choices=("per_class", "per_sample", "per_batch"),
+                   help="how the deviate loss draws its pseudo labels from the remaining classes")
     u.add_argument("--K", type=int, default=None, help="inner gradient steps on the forget loss")
     u.add_argument("--epochs", type=int, default=None, help="outer epochs E")
     u.add_argument("--rounds", type=int, default=None, help="rounds S per epoch")

@@ -15,6 +15,7 @@ import io
 import os
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -28,17 +29,18 @@ from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, eps_los
                             measure, num_classes, predict_eps, q_sample)
 from .data import ForgetSpec, ImageSet, load_dataset, make_splits
 from .train import per_class_accuracy
+from .unlearn import guidance_scales
 
 # %% auto #0
 __all__ = ['INCEPTION_FILE', 'MIA_TIMESTEPS', 'as_tensors', 'eval_mode', 'feature_stats', 'frechet_distance',
            'frechet_from_features', 'default_inception_path', 'write_inception_weights', 'resolve_inception_weights',
            'to_uint8_rgb', 'inception_features', 'inception_fid', 'frechet_by_class', 'classifier_features',
-           'classifier_logits', 'classifier_frechet_distance', 'classify', 'conditional_accuracy', 'forget_share',
-           'noise_predictions', 'per_sample_losses', 'attack_metrics', 'membership_inference', 'mia_from_losses',
-           'gaussian_kl_to_standard', 'predicted_noise_stats', 'predicted_noise_kl', 'plot_distributions', 'plot_kl',
-           'plot_losses', 'weight_distance', 'knn_radii', 'precision_recall', 'flat_grad', 'gradient_cosine',
-           'gradient_conflict', 'metrics_markdown', 'sample_metrics', 'forget_set_metrics', 'evaluate_checkpoint',
-           'summarize_seeds']
+           'classifier_logits', 'classifier_frechet_distance', 'classify', 'conditional_accuracy',
+           'accuracy_with_confusion', 'forget_share', 'noise_predictions', 'per_sample_losses', 'attack_metrics',
+           'membership_inference', 'mia_from_losses', 'gaussian_kl_to_standard', 'predicted_noise_stats',
+           'predicted_noise_kl', 'plot_distributions', 'plot_kl', 'plot_losses', 'weight_distance', 'knn_radii',
+           'precision_recall', 'flat_grad', 'gradient_cosine', 'gradient_conflict', 'metrics_markdown',
+           'sample_metrics', 'forget_set_metrics', 'evaluate_checkpoint', 'summarize_seeds']
 
 # %% ../nbs/05_metrics.ipynb #29f9c247
 def as_tensors(data) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -285,18 +287,40 @@ def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 512)
     return classifier_logits(classifier, images, batch_size).argmax(1)
 
 
-def conditional_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                         forget_classes: Sequence[int], batch_size: int = 512) -> dict:
-    """Share of images (N,C,H,W) that the classifier assigns to the class they were conditioned on (N,):
-    per class, and pooled over the forget and the remain classes (None where a group is empty)."""
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    if len(labels) != len(images):
-        raise ValueError(f"labels: {len(labels)} labels for {len(images)} images")
-    pred = classify(classifier, images, batch_size)
+def _accuracy_from_predictions(pred: torch.Tensor, labels: torch.Tensor, forget_classes: Sequence[int]) -> dict:
+    "Per-class and pooled (forget / remain) accuracy of predictions (N,) against the conditioning labels (N,)."
     hit = (pred == labels).double()
     fmask = torch.isin(labels, torch.tensor(list(forget_classes), dtype=torch.long))
     mean = lambda m: float(hit[m].mean()) if m.any() else None
     return {"per_class": per_class_accuracy(pred, labels), "forget": mean(fmask), "remain": mean(~fmask)}
+
+
+def _checked_labels(labels, images: torch.Tensor) -> torch.Tensor:
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if len(labels) != len(images):
+        raise ValueError(f"labels: {len(labels)} labels for {len(images)} images")
+    return labels
+
+
+def conditional_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                         forget_classes: Sequence[int], batch_size: int = 512) -> dict:
+    """Share of images (N,C,H,W) that the classifier assigns to the class they were conditioned on (N,):
+    per class, and pooled over the forget and the remain classes (None where a group is empty)."""
+    labels = _checked_labels(labels, images)
+    return _accuracy_from_predictions(classify(classifier, images, batch_size), labels, forget_classes)
+
+
+def accuracy_with_confusion(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                            forget_classes: Sequence[int], batch_size: int = 512) -> dict:
+    """`conditional_accuracy` plus, for each forgotten class c, `confusion[c]` (n_classes,): the share of its images the
+    classifier calls each class (tells "turned into other classes" from "turned into anything"). One classifier pass."""
+    labels = _checked_labels(labels, images)
+    logits = classifier_logits(classifier, images, batch_size)
+    pred, k = logits.argmax(1), logits.shape[1]
+    out = _accuracy_from_predictions(pred, labels, forget_classes)
+    out["confusion"] = {int(c): (torch.bincount(pred[labels == c], minlength=k).double()
+                                 / max(int((labels == c).sum()), 1)).tolist() for c in forget_classes}
+    return out
 
 
 def forget_share(classifier: nn.Module, images: torch.Tensor, forget_classes: Sequence[int], batch_size: int = 512) -> float:
@@ -530,7 +554,13 @@ def metrics_markdown(m: dict) -> str:
     "A markdown report of a `metrics.json` dict: headline table and per-class table."
     rows = []
     add = lambda name, v, nd=4: rows.append(f"| {name} | {_fmt(v, nd)} |")
-    if "accuracy" in m:
+    if "accuracy_worst" in m:
+        wst = m["accuracy_worst"]
+        add(f"**classifier accuracy, forget classes, worst guidance scale (w = {wst['w_forget']})** (want ~0)", wst["forget"])
+        add(f"**classifier accuracy, remain classes, worst guidance scale (w = {wst['w_remain']})**", wst["remain"])
+        for w, r in m["accuracy_by_w"].items():
+            add(f"classifier accuracy, forget classes, w = {w}", r["forget"]); add(f"classifier accuracy, remain classes, w = {w}", r["remain"])
+    elif "accuracy" in m:
         add("classifier accuracy, forget classes (want ~0)", m["accuracy"]["forget"])
         add("classifier accuracy, remain classes", m["accuracy"]["remain"])
     if "forget_share" in m:
@@ -558,6 +588,14 @@ def metrics_markdown(m: dict) -> str:
     head = (f"# Evaluation of `{m['checkpoint']}`\n\npreset `{m['preset']}`, forget classes {m['forget_classes']}, "
             f"{m['n_per_class']} samples per class, seed {m['seed']}\n\n| metric | value |\n|---|---|\n")
     out = head + "\n".join(rows) + "\n"
+    for w, r in (m.get("accuracy_by_w") or {}).items():
+        conf = r.get("confusion") or {}
+        if conf and w == next(iter(m["accuracy_by_w"])):
+            k = len(next(iter(conf.values())))
+            out += ("\nWhat the classifier calls the samples of each forgotten class (share per predicted class):\n\n"
+                    "| class | w | " + " | ".join(str(i) for i in range(k)) + " |\n|---|---|" + "---|" * k + "\n")
+        for c, row in conf.items():
+            out += f"| {c} | {w} | " + " | ".join(f"{v:.2f}" for v in row) + " |\n"
     per = m.get("accuracy", {}).get("per_class") or m.get("classifier_fd", {}).get("per_class")
     if per:
         out += "\n| class | forget? | accuracy | classifier FD | FID |\n|---|---|---|---|---|\n"
@@ -709,12 +747,23 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
             gen = generate(model, schedule, None, n=n_per_class * train_set.num_classes, config=preset.sampler,
                            batch_size=batch_size, seed=seed, progress=progress)
 
+        by_w = {}
+        if K is not None:   # forgetting at every guidance scale: w = 0, the preset's, the peers' w = 1 (same noise)
+            for w in guidance_scales(preset.sampler.w):
+                g = gen if w == preset.sampler.w else generate(model, schedule, labels, config=replace(preset.sampler, w=w),
+                                                              batch_size=batch_size, seed=seed, progress=progress)
+                by_w[f"{w:g}"] = accuracy_with_confusion(classifier, g, labels, forget_classes)
+
     with measure() as cost_metrics:
         m: dict = {"checkpoint": str(checkpoint) if ck_name else type(checkpoint).__name__, "preset": preset_name,
                    "seed": seed, "n_per_class": n_per_class, "n_generated": len(gen), "conditional": K is not None,
                    "forget_classes": list(forget_classes), "device": str(device), "sampler": vars(preset.sampler) if hasattr(preset.sampler, "__dict__") else str(preset.sampler)}
         m.update(sample_metrics(classifier, gen, labels, x_real, y_real, forget_classes, inception=use_inception,
                                 inception_weights=inception_weights, device=device, progress=progress))
+        if by_w:
+            wf, wr = max(by_w, key=lambda k: by_w[k]["forget"]), min(by_w, key=lambda k: by_w[k]["remain"])
+            m["accuracy_by_w"] = by_w
+            m["accuracy_worst"] = {"forget": by_w[wf]["forget"], "w_forget": wf, "remain": by_w[wr]["remain"], "w_remain": wr}
         fs, per_sample = forget_set_metrics(model, schedule, splits, mia_timesteps, seed=seed, progress=progress)
         m.update(fs)
         if reference_retrain is not None:

@@ -1,9 +1,11 @@
 """EraseDiff (Wu et al. 2024) as an objective of the one training loop: a forget loss that
-regresses the forgotten images towards the wrong noise, a first-order bilevel update
+sends the forgotten condition off its own denoising trajectory (the released version: onto
+another class's; the first version: towards the wrong noise), a first-order bilevel update
 (BOME) that keeps the remaining data, and `unlearn`, the entry point that loads a model,
-checks every input before any work, unlearns, measures, and writes a diffusers
-checkpoint with a model card. The last sections are the front door: pick the classes to
-forget, run, and compare samples and classifier accuracy before and after.
+checks every input before any work, unlearns, measures forgetting at several guidance
+scales, and writes a diffusers checkpoint with a model card. The last sections are the
+front door: pick the classes to forget, run, and compare samples and classifier accuracy
+before and after.
 
 Docs: https://erasediff.github.io/erasediff/unlearn.html.md"""
 
@@ -31,12 +33,17 @@ from .data import ForgetSpec, ImageSet, InfiniteBatches, Splits, make_splits
 from .train import (CLASSIFIERS, LoopConfig, Preset, fit, get_preset, per_class_accuracy, predict, save_grid)
 
 # %% auto #0
-__all__ = ['FORGET_NOISES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS', 'UnlearnConfig', 'EraseDiffConfig', 'FinetuneConfig',
-           'forget_noise', 'select_params', 'PairedBatches', 'FinetuneObjective', 'EraseDiffObjective', 'Method',
-           'get_method', 'make_objective', 'default_config', 'sample_accuracy', 'split_losses', 'model_card', 'unlearn']
+__all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS',
+           'LOSS_DEFAULTS', 'PEER_W', 'UnlearnConfig', 'EraseDiffConfig', 'FinetuneConfig', 'forget_noise',
+           'allowed_pseudo_classes', 'pseudo_labels', 'select_params', 'PairedBatches', 'forgotten_classes',
+           'adaptive_lambda', 'FinetuneObjective', 'EraseDiffObjective', 'Method', 'get_method', 'make_objective',
+           'default_config', 'guidance_scales', 'sample_accuracy', 'split_losses', 'model_card', 'unlearn']
 
 # %% ../nbs/03_unlearn.ipynb #599a4ed4
-FORGET_NOISES = ("uniform", "gaussian")
+FORGET_LOSSES = ("deviate", "uniform", "gaussian")
+FORGET_NOISES = ("uniform", "gaussian")          # the noise targets of the first version's forget losses
+PSEUDO_LABELS = ("per_class", "per_sample", "per_batch")
+LAMBDA_RULES = ("auto", "auto_cos")
 Q_ESTIMATES = ("round", "paired")
 
 
@@ -97,24 +104,30 @@ class UnlearnConfig:
 @dataclass(frozen=True)
 class EraseDiffConfig(UnlearnConfig):
     "EraseDiff's own choices on top of the shared budget (defaults: the paper's CIFAR-10 settings)."
-    forget_noise: str = "uniform"            # eps_f ~ U(0, 1) ('uniform') or N(0.5, I) ('gaussian')
+    forget_loss: str = "deviate"             # 'deviate' (released: follow a pseudo label's trajectory), 'uniform' / 'gaussian' (v1)
+    pseudo_label: str = "per_class"          # 'deviate' only: how c_p is drawn from the remaining classes (see pseudo_labels)
     K: int = 2                               # inner gradient-descent steps on L_f
     zeta: float = 1e-3                       # inner step size
-    lam: Union[float, str] = 0.1             # lambda >= 0, or 'auto' (BOME's adaptive rule)
-    eta: float = 1.0                         # BOME's eta (only with lam='auto')
-    p_uncond_forget: Optional[float] = None  # label dropout on D_f (None: same as p_uncond)
+    lam: Union[float, str] = 0.1             # lambda >= 0, 'auto' (BOME's rule) or 'auto_cos' (the released code's rule)
+    eta: float = 1.0                         # eta of the adaptive rules
+    p_uncond_forget: Optional[float] = None  # label dropout on D_f, uniform/gaussian losses only (None: same as p_uncond)
     q_estimate: str = "round"                # L_f(phi_K): one value per round ('round') or on each outer batch ('paired')
 
     def __post_init__(self):
         super().__post_init__()
-        if self.forget_noise not in FORGET_NOISES:
-            raise ValueError(f"forget_noise must be one of {FORGET_NOISES}, got {self.forget_noise!r}")
+        if self.forget_loss not in FORGET_LOSSES:
+            raise ValueError(f"forget_loss must be one of {FORGET_LOSSES}, got {self.forget_loss!r}")
+        if self.pseudo_label not in PSEUDO_LABELS:
+            raise ValueError(f"pseudo_label must be one of {PSEUDO_LABELS}, got {self.pseudo_label!r}")
+        if self.forget_loss == "deviate" and self.p_uncond_forget:
+            raise ValueError(f"p_uncond_forget must be 0 or None with forget_loss='deviate' (its target needs the forgotten "
+                             f"label, a dropped label would pull the null condition too), got {self.p_uncond_forget}")
         if not isinstance(self.K, int) or self.K < 1: raise ValueError(f"K (inner steps) must be an int >= 1, got {self.K!r}")
         if not self.zeta > 0: raise ValueError(f"zeta (inner step size) must be > 0, got {self.zeta}")
         if isinstance(self.lam, str):
-            if self.lam != "auto": raise ValueError(f"lam must be a number >= 0 or 'auto', got {self.lam!r}")
+            if self.lam not in LAMBDA_RULES: raise ValueError(f"lam must be a number >= 0 or one of {LAMBDA_RULES}, got {self.lam!r}")
         elif not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lam (lambda) must be >= 0 or 'auto', got {self.lam!r}")
+            raise ValueError(f"lam (lambda) must be >= 0 or one of {LAMBDA_RULES}, got {self.lam!r}")
         if not self.eta > 0: raise ValueError(f"eta must be > 0, got {self.eta}")
         if self.p_uncond_forget is not None and not 0 <= self.p_uncond_forget < 1:
             raise ValueError(f"p_uncond_forget must be in [0, 1) or None, got {self.p_uncond_forget}")
@@ -132,6 +145,35 @@ def forget_noise(shape: Sequence[int], kind: str = "uniform", generator: Optiona
     if kind == "uniform": return torch.rand(tuple(shape), generator=generator)
     if kind == "gaussian": return torch.randn(tuple(shape), generator=generator) + 0.5
     raise ValueError(f"forget noise kind must be one of {FORGET_NOISES}, got {kind!r}")
+
+def allowed_pseudo_classes(label: int, n_classes: int, forget_classes: Sequence[int] = ()) -> list[int]:
+    "Classes a forget image of class `label` may be sent to: every class but its own and the forgotten ones."
+    bad = set(int(c) for c in forget_classes) | {int(label)}
+    allowed = [c for c in range(n_classes) if c not in bad]
+    if not allowed:
+        raise ValueError(f"no pseudo label for class {label}: every one of the {n_classes} classes is forgotten or its own")
+    return allowed
+
+
+def pseudo_labels(y: torch.Tensor, n_classes: int, forget_classes: Sequence[int] = (), mode: str = "per_class",
+                  generator: Optional[torch.Generator] = None, seed: int = 0) -> torch.Tensor:
+    """Pseudo labels c_p (B,) for forget labels `y` (B,), each drawn from `allowed_pseudo_classes` (never a forgotten
+    class, never the image's own). 'per_sample': an independent draw per image (from `generator`); 'per_batch': one
+    draw per batch, as the released code (which drew from 1..9, so it could pick the forgotten class and never 0);
+    'per_class': one fixed class per forgotten class for the whole run, a function of `seed` alone."""
+    if mode not in PSEUDO_LABELS: raise ValueError(f"pseudo_label must be one of {PSEUDO_LABELS}, got {mode!r}")
+    ys = [int(c) for c in y.tolist()]
+    if mode == "per_sample":
+        u = torch.rand(len(ys), generator=generator).tolist()
+    elif mode == "per_batch":
+        u = torch.rand(1, generator=generator).tolist() * len(ys)
+    else:  # per_class: a draw that depends on (seed, class) only
+        u = [torch.rand(1, generator=torch.Generator().manual_seed(seed * 1_000_003 + c)).item() for c in ys]
+    out = []
+    for c, ui in zip(ys, u):
+        allowed = allowed_pseudo_classes(c, n_classes, forget_classes)
+        out.append(allowed[min(int(ui * len(allowed)), len(allowed) - 1)])
+    return torch.tensor(out, dtype=torch.long)
 
 # %% ../nbs/03_unlearn.ipynb #112db200
 def select_params(model: nn.Module, patterns: Sequence[str] = ()) -> list[tuple[str, nn.Parameter]]:
@@ -197,11 +239,32 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
 
 
+def forgotten_classes(forget: ImageSet, remain: ImageSet) -> tuple[int, ...]:
+    "The classes of D_f that D_r does not have (the classes being forgotten; none when forgetting sample ids)."
+    return tuple(sorted(set(forget.labels.tolist()) - set(remain.labels.tolist())))
+
+
+def adaptive_lambda(rule: Union[float, str], eta: float, q: float, dot: float, gq_sq: float, cos: float) -> float:
+    """lambda of one outer step. A number: itself. 'auto' (BOME): max((eta q - <g_r, g_q>) / ||g_q||^2, 0);
+    'auto_cos' (the released code): max(eta - cos(g_r, g_q), 0). 0 when grad q vanishes."""
+    if not isinstance(rule, str): return float(rule)
+    if gq_sq <= 0: return 0.0
+    if rule == "auto": return max((eta * q - dot) / gq_sq, 0.0)
+    if rule == "auto_cos": return max(eta - cos, 0.0)
+    raise ValueError(f"lam must be a number >= 0 or one of {LAMBDA_RULES}, got {rule!r}")
+
+
 class FinetuneObjective:
     "Finetune on D_r: the diffusion loss on the remain half of each paired batch (EraseDiff with lambda = 0)."
 
-    def __init__(self, schedule: NoiseSchedule, config: UnlearnConfig = FinetuneConfig()):
+    def __init__(self, schedule: NoiseSchedule, config: UnlearnConfig = FinetuneConfig(),
+                 forget_classes: Optional[Sequence[int]] = None, seed: int = 0):
         self.schedule, self.config = schedule, config
+        self.forget_classes = None if forget_classes is None else tuple(int(c) for c in forget_classes)
+        self.seed = seed
+
+    def check_model(self, model: nn.Module) -> None:
+        "ValueError before any work when this objective cannot be used with `model`."
 
     def remain_loss(self, model: nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
         "L_r: the DDPM loss with N(0, I) noise and label dropout on a remain batch (x (B,C,H,W), y (B,))."
@@ -219,38 +282,58 @@ class FinetuneObjective:
 
 # %% ../nbs/03_unlearn.ipynb #4760a6a8
 class EraseDiffObjective(FinetuneObjective):
-    "EraseDiff (Wu et al. 2024): outer update on L_r + lambda * q with q = L_f(theta) - L_f(phi_K); see EraseDiffConfig."
+    """EraseDiff (Wu et al. 2024): outer update on L_r + lambda * q with q = L_f(theta) - L_f(phi_K); see EraseDiffConfig.
+    `forget_classes`: the classes being forgotten, never used as pseudo labels (None: the labels of D_f that D_r does not
+    have, read from the paired batches at the first step); `seed`: fixes 'per_class' pseudo labels."""
 
-    def __init__(self, schedule: NoiseSchedule, config: EraseDiffConfig = EraseDiffConfig()):
-        super().__init__(schedule, config)
+    def __init__(self, schedule: NoiseSchedule, config: EraseDiffConfig = EraseDiffConfig(),
+                 forget_classes: Optional[Sequence[int]] = None, seed: int = 0):
+        super().__init__(schedule, config, forget_classes, seed)
         self.round: Optional[int] = None    # the round whose inner loop was run
         self.lf_phi: Optional[float] = None # L_f(phi_K) recorded for it
         self.phi: Optional[dict[str, torch.Tensor]] = None  # phi_K itself (q_estimate='paired')
         self.inner_log: list[dict] = []     # one entry per round
         self.step_gen: Optional[torch.Generator] = None
 
+    def check_model(self, model: nn.Module) -> None:
+        "ValueError before any work when the forget loss cannot be used with `model` (pseudo labels need classes)."
+        if self.config.forget_loss == "deviate" and num_classes(model) is None:
+            raise ValueError("forget_loss='deviate' needs a class-conditional model (its target is the prediction for a "
+                             "pseudo label); this model is unconditional: use forget_loss='uniform' or 'gaussian'")
+
     def forget_loss(self, model: nn.Module, batch, generator: Optional[torch.Generator] = None, *,
                     draws: Optional[tuple] = None, weights: Optional[dict[str, torch.Tensor]] = None):
-        """L_f on a forget batch (x (B,C,H,W), y (B,)): regression towards eps_f of `config.forget_noise`.
-        Returns (loss, draws) where draws = (noise, t, labels) can be passed back to evaluate other `weights` (phi_K)."""
+        """L_f on a forget batch (x (B,C,H,W), y (B,)). 'deviate': || eps(x_t, t, y) - sg(eps(x_t, t, c_p)) ||^2 with
+        eps ~ N(0, I) and pseudo labels c_p; 'uniform' / 'gaussian': || eps(x_t, t, y) - eps_f ||^2 with x_t noised by eps_f.
+        Returns (loss, draws); draws = (noise, t, labels, pseudo) evaluate other `weights` (phi_K) on the same draws."""
         cfg = self.config
         x, y = batch
         p = next(model.parameters())
         x = x.to(p.device)
         if draws is None:
-            noise = forget_noise(x.shape, cfg.forget_noise, generator).to(x)
+            deviate = cfg.forget_loss == "deviate"
+            if deviate: self.check_model(model)
+            noise = (torch.randn(x.shape, generator=generator) if deviate
+                     else forget_noise(x.shape, cfg.forget_loss, generator)).to(x)
             t = sample_timesteps(len(x), self.schedule.T, antithetic=cfg.antithetic, generator=generator, device=x.device)
             labels = _labels(model, y, p.device)
-            pu = cfg.p_uncond if cfg.p_uncond_forget is None else cfg.p_uncond_forget
-            if labels is not None and pu > 0: labels = drop_labels(labels, null_label(model), pu, generator)
-            draws = (noise, t, labels)
-        noise, t, labels = draws
+            pseudo = None
+            if deviate:
+                pseudo = pseudo_labels(y, num_classes(model), self.forget_classes or (), cfg.pseudo_label, generator,
+                                       self.seed).to(p.device)
+            else:
+                pu = cfg.p_uncond if cfg.p_uncond_forget is None else cfg.p_uncond_forget
+                if labels is not None and pu > 0: labels = drop_labels(labels, null_label(model), pu, generator)
+            draws = (noise, t, labels, pseudo)
+        noise, t, labels, pseudo = draws
         x_t = q_sample(x, t, noise, self.schedule)
-        if weights is None:
-            eps = model(x_t, t, class_labels=labels).sample
-        else:  # the same network with other weights (phi_K), theta untouched
-            eps = functional_call(model, weights, (x_t, t), {"class_labels": labels}).sample
-        return (eps.float() - noise.float()).pow(2).flatten(1).mean(1).mean(), draws
+        if weights is None: net = lambda c: model(x_t, t, class_labels=c).sample
+        else: net = lambda c: functional_call(model, weights, (x_t, t), {"class_labels": c}).sample  # theta untouched
+        eps = net(labels)
+        if pseudo is None: target = noise
+        else:
+            with torch.no_grad(): target = net(pseudo)                 # stop-gradient target
+        return (eps.float() - target.float()).pow(2).flatten(1).mean(1).mean(), draws
 
     def inner_loop(self, model: nn.Module, batches: PairedBatches, generator: torch.Generator) -> dict:
         """K steps of gradient descent on L_f from a snapshot of theta; records L_f(phi_K); restores theta exactly."""
@@ -276,6 +359,8 @@ class EraseDiffObjective(FinetuneObjective):
         return {"L_f_inner": losses, "L_f_phiK": lf_phi}
 
     def on_step_start(self, model: nn.Module, step: int, batches: PairedBatches, generator: torch.Generator) -> None:
+        if self.forget_classes is None:
+            self.forget_classes = forgotten_classes(batches.forget.ds, batches.remain.ds)
         r = step // self.config.steps_per_round
         self.step_gen = _substream(generator, 2, step)      # draws of this step's forget loss
         if r != self.round:
@@ -298,14 +383,12 @@ class EraseDiffObjective(FinetuneObjective):
             lf_phi = self.lf_phi if self.lf_phi is not None else L_f.item()
         q = L_f.item() - lf_phi
         dot, nr2, nf2 = _dot(g_r, g_f), _dot(g_r, g_r), _dot(g_f, g_f)
-        if cfg.lam == "auto":
-            lam = max((cfg.eta * q - dot) / nf2, 0.0) if nf2 > 0 else 0.0
-        else:
-            lam = float(cfg.lam)
+        cos = dot / math.sqrt(nr2 * nf2) if nr2 > 0 and nf2 > 0 else 0.0
+        lam = adaptive_lambda(cfg.lam, cfg.eta, q, dot, nf2, cos)
         for p, gr, gf in zip(params, g_r, g_f):
             p.grad = gr if lam == 0 else gr + lam * gf
         return {"loss": L_r.item() + lam * q, "L_r": L_r.item(), "L_f": L_f.item(), "L_f_phiK": lf_phi, "q": q,
-                "lambda": lam, "cos": dot / math.sqrt(nr2 * nf2) if nr2 > 0 and nf2 > 0 else 0.0}
+                "lambda": lam, "cos": cos}
 
 # %% ../nbs/03_unlearn.ipynb #d5b37263
 @dataclass(frozen=True)
@@ -313,13 +396,13 @@ class Method:
     "An unlearning method: its config class and a factory (schedule, config) -> objective for `fit`."
     name: str
     config_cls: type
-    make: Callable[[NoiseSchedule, UnlearnConfig], object]
+    make: Callable[..., object]              # (schedule, config, forget_classes, seed) -> objective
     description: str = ""
 
 
 METHODS: dict[str, Method] = {
     "erasediff": Method("erasediff", EraseDiffConfig, EraseDiffObjective,
-                        "EraseDiff: L_r + lambda * (L_f(theta) - L_f(phi_K)) with uniform-noise forget loss (BOME)"),
+                        "EraseDiff: L_r + lambda * (L_f(theta) - L_f(phi_K)), first-order bilevel (BOME)"),
     "finetune": Method("finetune", FinetuneConfig, FinetuneObjective, "Finetune on D_r only (EraseDiff with lambda = 0)"),
 }
 
@@ -331,54 +414,102 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def make_objective(method: str, schedule: NoiseSchedule, config: Optional[UnlearnConfig] = None):
-    "The objective of `method` for `fit` (config: the method's config class, default settings when None)."
+def make_objective(method: str, schedule: NoiseSchedule, config: Optional[UnlearnConfig] = None,
+                   forget_classes: Optional[Sequence[int]] = None, seed: int = 0):
+    """The objective of `method` for `fit` (config: the method's config class, default settings when None;
+    `forget_classes`: the classes being forgotten; `seed`: the run's seed)."""
     m = get_method(method)
     config = m.config_cls() if config is None else config
     if not isinstance(config, m.config_cls):
         raise ValueError(f"method {method!r} takes a {m.config_cls.__name__}, got {type(config).__name__}")
-    return m.make(schedule, config)
+    return m.make(schedule, config, forget_classes, seed)
 
 # %% ../nbs/03_unlearn.ipynb #0c26c7ad
 DEFAULT_CONFIGS: dict[str, EraseDiffConfig] = {
-    # calibrated on the shipped digits Unscrubbed model (sweep table at the end of this notebook): 60 outer steps
-    "digits": EraseDiffConfig(epochs=3, rounds=2, rem_num=640, batch_size=64, forget_batch_size=64, lr=1.5e-3,
-                              warmup_steps=0, grad_clip=1.0, ema_decay=None, K=2, zeta=1e-3, lam=1.0,
-                              p_uncond_forget=0.0),
-    # the paper's CIFAR-10 settings (its learning rate is not legible in the text; 1e-4 as for its Finetune)
-    "cifar10": EraseDiffConfig(epochs=4, rounds=2, rem_num=4500, batch_size=128, lr=1e-4, K=2, zeta=1e-3, lam=0.1),
+    # calibrated on the shipped digits Unscrubbed model (sweep at the end of this notebook): 60 outer steps of 64 remaining
+    # + 32 forget images, the released trajectory-deviation loss with one pseudo class per forgotten class, lambda 0.3
+    "digits": EraseDiffConfig(epochs=3, rounds=2, rem_num=640, batch_size=64, forget_batch_size=32, lr=5e-4,
+                              warmup_steps=0, grad_clip=1.0, ema_decay=None, K=2, zeta=1e-3, lam=0.3,
+                              forget_loss="deviate", pseudo_label="per_class", p_uncond_forget=0.0),
+    # the released CIFAR-10 configuration (ddpm/configs/cifar10_erasediff.yml and main.py of the authors' code): Adam
+    # (no weight decay) lr 1e-4, clip 1, EMA 0.99 of the weights, lambda 0.1 (eta 0.1 for the adaptive rules), K 2,
+    # S 2 rounds x 4 epochs x 4,500 remaining images, no label dropout on either batch, the trajectory-deviation loss
+    "cifar10": EraseDiffConfig(epochs=4, rounds=2, rem_num=4500, batch_size=128, lr=1e-4, weight_decay=0.0, grad_clip=1.0,
+                               ema_decay=0.99, p_uncond=0.0, K=2, zeta=1e-3, lam=0.1, eta=0.1, forget_loss="deviate",
+                               p_uncond_forget=0.0),
 }
 
 
-def default_config(preset: str | Preset = "digits", method: str = "erasediff") -> UnlearnConfig:
-    "The calibrated config of `method` for `preset` (the budget and optimiser are shared by all methods)."
+# the first version's losses need their own step size on digits (calibrated in the previous sweep, kept at the end)
+LOSS_DEFAULTS: dict[str, dict[str, dict]] = {
+    "digits": {loss: dict(lr=1.5e-3, forget_batch_size=64, lam=1.0) for loss in ("uniform", "gaussian")},
+}
+
+
+def default_config(preset: str | Preset = "digits", method: str = "erasediff",
+                   forget_loss: Optional[str] = None) -> UnlearnConfig:
+    """The calibrated config of `method` for `preset` (the budget and optimiser are shared by all methods); for
+    EraseDiff with another `forget_loss` than the preset's, that loss's own calibrated settings (`LOSS_DEFAULTS`)."""
     name = preset.name if isinstance(preset, Preset) else preset
     m = get_method(method)
     base = DEFAULT_CONFIGS.get(name, EraseDiffConfig())
-    if m.config_cls is EraseDiffConfig: return base
+    if m.config_cls is EraseDiffConfig:
+        if forget_loss is None or forget_loss == base.forget_loss: return base
+        return replace(base, forget_loss=forget_loss, **LOSS_DEFAULTS.get(name, {}).get(forget_loss, {}))
     shared = {f.name: getattr(base, f.name) for f in fields(UnlearnConfig)}
     return m.config_cls(**{k: v for k, v in shared.items() if k in {f.name for f in fields(m.config_cls)}})
 
 # %% ../nbs/03_unlearn.ipynb #c49a47f8
+PEER_W = 1.0   # the peers' protocol: guidance scale 2.0, i.e. w = 1 in eps = (1 + w) eps(x, c) - w eps(x, null)
+
+
+def guidance_scales(w: float) -> tuple[float, ...]:
+    "The guidance scales forgetting is measured at: w = 0 (no guidance), the preset's `w` and the peers' w = 1, sorted."
+    return tuple(sorted({0.0, float(w), PEER_W}))
+
+
+def _w_key(w: float) -> str: return f"{float(w):g}"
+
+
 @torch.no_grad()
 def sample_accuracy(model: UNet2DModel, classifier: nn.Module, schedule: NoiseSchedule, sampler: SamplerConfig,
                     forget_classes: Sequence[int], n_classes: int, n_per_class: int = 100, seed: int = 0,
-                    progress: bool = False) -> tuple[dict, torch.Tensor, Optional[torch.Tensor]]:
-    """Classifier accuracy on CFG samples: `acc_forget` / `acc_remain` (means over the forgotten / remaining classes) and
-    `per_class`. Unconditional models: `forget_share` of n_per_class * n_classes samples. Returns (metrics, images, labels)."""
+                    progress: bool = False, scales: Optional[Sequence[float]] = None,
+                    n_remain: Optional[int] = None) -> tuple[dict, torch.Tensor, Optional[torch.Tensor]]:
+    """Classifier accuracy on samples of a class-conditional model at every guidance scale of `scales` (default
+    `guidance_scales(sampler.w)`), the same noise at each; `n_per_class` samples of each forgotten class and `n_remain`
+    (default: the same) of each remaining one. `by_w[w]`: `acc_forget` / `acc_remain` (means over the
+    forgotten / remaining classes), `per_class`, and `confusion[c]` (n_classes,): the share of class c's samples the
+    classifier calls each class. Headline = the worst scale: `acc_forget` the highest, `acc_remain` the lowest.
+    Unconditional models (no guidance): `forget_share` of n_per_class * n_classes samples.
+    Returns (metrics, images at `sampler.w` (N,C,H,W), labels (N,) or None)."""
     F_ = sorted(int(c) for c in forget_classes)
-    if num_classes(model) is not None:
-        labels = torch.arange(n_classes).repeat_interleave(n_per_class)
-        x = generate(model, schedule, labels, config=sampler, seed=seed, progress=progress)
+    if n_per_class < 1 or (n_remain is not None and n_remain < 1):
+        raise ValueError(f"n_per_class and n_remain must be >= 1, got {n_per_class} and {n_remain}")
+    if num_classes(model) is None:
+        x = generate(model, schedule, None, n=n_per_class * n_classes, config=sampler, seed=seed, progress=progress)
+        pred = predict(classifier, x)
+        shares = {c: (pred == c).float().mean().item() for c in range(n_classes)}
+        return {"forget_share": sum(shares[c] for c in F_), "class_shares": shares, "n": len(x)}, x, None
+    scales = guidance_scales(sampler.w) if scales is None else tuple(sorted({float(w) for w in scales}))
+    counts = [n_per_class if c in F_ or n_remain is None else n_remain for c in range(n_classes)]
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    rem = [c for c in range(n_classes) if c not in F_]
+    mean = lambda per, cs: sum(per[c] for c in cs) / len(cs) if cs else float("nan")
+    by_w, shown = {}, None
+    for w in scales:
+        x = generate(model, schedule, labels, config=replace(sampler, w=w), seed=seed, progress=progress)
         pred = predict(classifier, x)
         per = per_class_accuracy(pred, labels)
-        rem = [c for c in range(n_classes) if c not in F_]
-        mean = lambda cs: sum(per[c] for c in cs) / len(cs) if cs else float("nan")
-        return {"acc_forget": mean(F_), "acc_remain": mean(rem), "per_class": per, "n_per_class": n_per_class}, x, labels
-    x = generate(model, schedule, None, n=n_per_class * n_classes, config=sampler, seed=seed, progress=progress)
-    pred = predict(classifier, x)
-    shares = {c: (pred == c).float().mean().item() for c in range(n_classes)}
-    return {"forget_share": sum(shares[c] for c in F_), "class_shares": shares, "n": len(x)}, x, None
+        conf = {c: torch.bincount(pred[labels == c], minlength=n_classes).div(counts[c]).tolist() for c in F_}
+        by_w[_w_key(w)] = {"acc_forget": mean(per, F_), "acc_remain": mean(per, rem), "per_class": per, "confusion": conf}
+        if w == float(sampler.w) or shown is None: shown = x
+    worst_f = max(by_w, key=lambda k: by_w[k]["acc_forget"]) if F_ else None
+    worst_r = min(by_w, key=lambda k: by_w[k]["acc_remain"])
+    at_w = by_w[_w_key(sampler.w)] if _w_key(sampler.w) in by_w else by_w[worst_r]
+    return {"acc_forget": by_w[worst_f]["acc_forget"] if F_ else float("nan"), "acc_remain": by_w[worst_r]["acc_remain"],
+            "worst_w_forget": worst_f, "worst_w_remain": worst_r, "w": float(sampler.w), "scales": list(scales),
+            "per_class": at_w["per_class"], "by_w": by_w, "n_per_class": n_per_class}, shown, labels
 
 
 @torch.no_grad()
@@ -405,10 +536,30 @@ def _forget_spec(forget) -> ForgetSpec:
     return ForgetSpec(classes=tuple(forget))
 
 
-def _resolve_config(preset: Preset, method: str, config) -> UnlearnConfig:
-    "The method's config: the preset default, a dict of overrides of it, or a config object of the right class."
+def _is_conditional(preset: Preset, checkpoint) -> Optional[bool]:
+    "Whether the checkpoint is class-conditional, read from its config.json without loading weights (None: cannot tell)."
+    if isinstance(checkpoint, nn.Module): return num_classes(checkpoint) is not None
+    try:
+        if checkpoint is None:
+            from erasediff.train import reference_path
+            checkpoint = reference_path(preset.name, "unscrubbed")
+        cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None                                   # missing / corrupt / hub name: the loader says why, later
+    return cfg.get("num_class_embeds") is not None
+
+
+def _resolve_config(preset: Preset, method: str, config, conditional: Optional[bool] = True) -> UnlearnConfig:
+    """The method's config: the preset default, a dict of overrides of it, or a config object of the right class.
+    An unconditional model has no labels to deviate to: unless the user names `forget_loss` (a config object always
+    does; 'deviate' is then refused by `check_model` before any work), its default is the uniform-noise loss with that
+    loss's calibrated settings."""
     m = get_method(method)
-    base = default_config(preset, method)
+    loss = None
+    if m.config_cls is EraseDiffConfig:
+        loss = config.get("forget_loss") if isinstance(config, dict) else None
+        if loss is None and conditional is False: loss = "uniform"
+    base = default_config(preset, method, loss)
     if config is None: return base
     if isinstance(config, dict):
         known = {f.name for f in fields(m.config_cls)}
@@ -483,10 +634,18 @@ def model_card(m: dict) -> str:
     def pct(v): return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
     b, a = m.get("before") or {}, m.get("after") or {}
     rows = []
-    for key, label in (("acc_forget", "classifier accuracy, CFG samples of forgotten classes (want ≈ 0)"),
-                       ("acc_remain", "classifier accuracy, CFG samples of remaining classes (want unchanged)"),
-                       ("forget_share", "share of samples classified as a forgotten class (want ≈ 0)")):
-        if key in b or key in a: rows.append(f"| {label} | {pct(b.get(key))} | {pct(a.get(key))} |")
+    if "acc_forget" in a:
+        rows.append(f"| **classifier accuracy, forgotten classes, worst guidance scale** (want ≈ 0) | {pct(b.get('acc_forget'))} | "
+                    f"**{pct(a.get('acc_forget'))}** (w = {a.get('worst_w_forget')}) |")
+        rows.append(f"| **classifier accuracy, remaining classes, worst guidance scale** (want unchanged) | {pct(b.get('acc_remain'))} | "
+                    f"**{pct(a.get('acc_remain'))}** (w = {a.get('worst_w_remain')}) |")
+        for w in a.get("by_w", {}):
+            for key, what in (("acc_forget", "forgotten"), ("acc_remain", "remaining")):
+                rows.append(f"| accuracy, {what} classes, w = {w} | {pct((b.get('by_w') or {}).get(w, {}).get(key))} | "
+                            f"{pct(a['by_w'][w][key])} |")
+    if "forget_share" in a:
+        rows.append(f"| share of samples classified as a forgotten class (want ≈ 0) | {pct(b.get('forget_share'))} | "
+                    f"{pct(a.get('forget_share'))} |")
     for key, label in (("loss_forget", "DDPM loss on D_f (N(0, I) noise)"), ("loss_remain", "DDPM loss on D_r")):
         if key in b: rows.append(f"| {label} | {b[key]:.4f} | {a[key]:.4f} |")
     src = m["source_checkpoint"]
@@ -516,12 +675,13 @@ unet = UNet2DModel.from_pretrained("<this folder>/unet")
 ## Metrics (before → after)
 
 Evaluation: {m.get('eval_per_class', 0)} samples per class, {m['sampler']['sampler'].upper()} with {m['sampler']['steps']} steps,
-guidance scale w = {m['sampler']['w']}, the same noise before and after; classifier `{(m.get('classifier') or {}).get('name')}`.
+guidance w in {(a.get('scales') or [m['sampler']['w']])} (w = 0: no guidance; w = 1: the peers' guidance scale 2.0), the same
+noise before and after and at every w; classifier `{(m.get('classifier') or {}).get('name')}`. The headline is the worst w.
 
 | metric | before | after |
 |---|---|---|
 {chr(10).join(rows)}
-
+{_confusion_md(a)}
 Unlearning cost: {m['unlearn_seconds']:.1f} s wall time for {m['steps']} outer steps on {m['device']},
 peak memory {m['peak_rss_mb'] or float('nan'):.0f} MB (process RSS){'' if m.get('cuda_peak_mb') is None else f", {m['cuda_peak_mb']:.0f} MB CUDA"}.
 
@@ -535,8 +695,32 @@ peak memory {m['peak_rss_mb'] or float('nan'):.0f} MB (process RSS){'' if m.get(
 
 Classifier accuracy on generated samples measures whether the model still produces recognisable images of the forgotten
 classes, not whether every trace of them is gone from the weights; see the membership-inference and KL metrics of
-`erasediff.metrics`. EraseDiff pushes the forgotten conditions towards off-manifold images rather than towards other classes.
+`erasediff.metrics`. {_where_to(m)}
 """
+
+
+def _where_to(m: dict) -> str:
+    "Where the forget loss of this run sends the forgotten conditions (for the model card)."
+    loss = (m.get("config") or {}).get("forget_loss")
+    if loss == "deviate":
+        return ("The forget loss sends the forgotten conditions onto the denoising trajectories of remaining classes "
+                "(pseudo labels), so their samples look like other classes: see the confusion rows above.")
+    if loss in ("uniform", "gaussian"):
+        return "The forget loss pushes the forgotten conditions towards off-manifold images rather than towards other classes."
+    return ""
+
+
+def _confusion_md(after: dict) -> str:
+    "What the classifier calls the samples of each forgotten class after unlearning, at every guidance scale (markdown)."
+    by_w = after.get("by_w") or {}
+    if not by_w: return ""
+    k = len(next(iter(next(iter(by_w.values()))["confusion"].values()), []))
+    lines = ["", "What the classifier calls the samples of each forgotten class after unlearning (share per predicted class):", "",
+             "| class | w | " + " | ".join(str(i) for i in range(k)) + " |", "|---|---|" + "---|" * k]
+    for w, r in by_w.items():
+        for c, row in r["confusion"].items():
+            lines.append(f"| {c} | {w} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _config_table_from_dict(d: dict) -> str:
@@ -557,7 +741,7 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     # ---- checks, before any work ----
     preset = get_preset(preset) if isinstance(preset, str) else preset
     get_method(method)
-    config = _resolve_config(preset, method, config)
+    config = _resolve_config(preset, method, config, _is_conditional(preset, checkpoint))
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -572,12 +756,14 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     model, source = _load_checkpoint(preset, checkpoint, dev)
     _check_model_fits(model, train, spec)
     select_params(model, config.params)                        # patterns that match nothing -> ValueError
+    schedule = NoiseSchedule(preset.schedule)
+    fclasses = splits.forget_classes
+    objective = make_objective(method, schedule, config, fclasses, seed)
+    objective.check_model(model)                               # e.g. a pseudo-label loss on an unconditional model
     clf, clf_info = _load_classifier(preset, classifier, dev) if n_eval else (None, None)
     source["weights_sha256"] = _weights_sha256(model)
     # ---- work ----
     torch.manual_seed(seed)
-    schedule = NoiseSchedule(preset.schedule)
-    fclasses = splits.forget_classes
     def measure_model(m):
         m.eval()
         res = split_losses(m, splits, schedule, seed=seed)
@@ -585,7 +771,6 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
         acc, x, _ = sample_accuracy(m, clf, schedule, sampler, fclasses, len(train.classes), n_eval, seed=seed, progress=progress)
         return {**acc, **res}, x
     before, x_before = measure_model(model)
-    objective = make_objective(method, schedule, config)
     batches = PairedBatches(splits.remain, splits.forget, config.batch_size, config.forget_batch_size, seed=seed)
     params = [p for _, p in select_params(model, config.params)]
     res = fit(model, objective, batches, config.loop(seed), params=params, progress=progress, callback=callback,

@@ -26,3 +26,18 @@ def test_presets_command(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "cifar10" in out
+
+
+def test_unlearn_option_errors_name_the_option(tmp_path, capsys):
+    assert main(["unlearn", "--lam", "abc", "--out", str(tmp_path / "u"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--lam" in err and "auto_cos" in err and not (tmp_path / "u").exists()
+    for bad in ("-1", "nan", "inf"):
+        assert main(["unlearn", "--lam", bad, "--out", str(tmp_path / "u"), "--quiet"]) == 2
+        assert "--lam" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                                 # argparse names the option and its choices
+        build_parser().parse_args(["unlearn", "--forget-loss", "laplace", "--out", "x"])
+    args = build_parser().parse_args(["unlearn", "--forget-loss", "uniform", "--pseudo-label", "per_sample", "--lam",
+                                      "auto_cos", "--out", "x"])
+    from erasediff.cli import _overrides
+    assert _overrides(args) == {"lam": "auto_cos", "forget_loss": "uniform", "pseudo_label": "per_sample"}

@@ -400,6 +400,13 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     assert on_disk == m
     assert m["n_generated"] == 30 and m["conditional"] and m["forget_classes"] == [2, 8]
     assert set(m["accuracy"]["per_class"]) == {str(c) for c in range(10)}
+    # forgetting at every guidance scale: w = 0, the preset's (SamplerConfig's default 2.0) and the peers' 1
+    assert set(m["accuracy_by_w"]) == {"0", "1", "2"}
+    assert m["accuracy_by_w"]["2"]["forget"] == m["accuracy"]["forget"]          # the preset's w reuses the main samples
+    assert m["accuracy_worst"]["forget"] == max(v["forget"] for v in m["accuracy_by_w"].values())
+    assert m["accuracy_worst"]["remain"] == min(v["remain"] for v in m["accuracy_by_w"].values())
+    for v in m["accuracy_by_w"].values():
+        assert set(v["confusion"]) == {"2", "8"} and all(abs(sum(r) - 1) < 1e-9 for r in v["confusion"].values())
     assert m["weight_distance"]["l2"] == 0.0                      # compared with itself
     assert m["mia"]["n_members"] > m["mia"]["n_nonmembers"] > 0
     for key in ("classifier_fd", "precision_recall", "kl", "loss", "gradient_conflict", "cost"):
@@ -408,6 +415,7 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     assert m["cost"]["wall_s"] > 0
     md = (out / "metrics.md").read_text()
     assert "| metric | value |" in md and "MIA on D_f" in md and "| 2 | yes |" in md
+    assert "worst guidance scale" in md and "w = 0" in md and "What the classifier calls" in md
     with pytest.raises(FileExistsError, match="overwrite=True"):
         M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), progress=False)
     m2 = M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), overwrite=True, seed=1,

@@ -10,8 +10,10 @@ import torch
 from erasediff.core import NoiseSchedule, UNetConfig, load_unet, make_unet, save_unet, sha256_path
 from erasediff.data import ForgetSpec, load_digits_set, make_splits
 from erasediff.train import DigitsClassifier, LoopConfig, fit
+from erasediff.core import q_sample
 from erasediff.unlearn import (METHODS, EraseDiffConfig, EraseDiffObjective, FinetuneConfig, FinetuneObjective,
-                               PairedBatches, default_config, forget_noise, make_objective, select_params, unlearn)
+                               PairedBatches, adaptive_lambda, allowed_pseudo_classes, default_config, forget_noise,
+                               guidance_scales, make_objective, pseudo_labels, select_params, unlearn)
 
 torch.set_num_threads(1)
 SCHED = NoiseSchedule()
@@ -51,13 +53,15 @@ def test_config_validation():
     c = EraseDiffConfig()
     assert (c.steps_per_round, c.steps) == (36, 288)           # ceil(4500/128) per round, 4 epochs x 2 rounds
     assert EraseDiffConfig(rem_num=640, batch_size=64, epochs=2, rounds=2).steps == 40
-    for kw, msg in [(dict(lam=-0.1), "lam"), (dict(lam="fixed"), "auto"), (dict(K=0), "K"), (dict(zeta=0), "zeta"),
-                    (dict(forget_noise="laplace"), "forget_noise"), (dict(q_estimate="x"), "q_estimate"),
+    for kw, msg in [(dict(lam=-0.1), "lam"), (dict(lam="fixed"), "auto_cos"), (dict(K=0), "K"), (dict(zeta=0), "zeta"),
+                    (dict(forget_loss="laplace"), "forget_loss"), (dict(q_estimate="x"), "q_estimate"),
+                    (dict(pseudo_label="random"), "pseudo_label"), (dict(p_uncond_forget=0.1), "p_uncond_forget"),
                     (dict(eta=0), "eta"), (dict(params=("a[",)), "regular expression"), (dict(rem_num=0), "rem_num"),
                     (dict(lr=0), "lr"), (dict(p_uncond=1.0), "p_uncond"), (dict(ema_decay=1.0), "ema_decay")]:
         with pytest.raises(ValueError, match=msg):
             EraseDiffConfig(**kw)
-    EraseDiffConfig(lam="auto"); EraseDiffConfig(lam=0)
+    EraseDiffConfig(lam="auto"); EraseDiffConfig(lam="auto_cos"); EraseDiffConfig(lam=0)
+    EraseDiffConfig(forget_loss="uniform", p_uncond_forget=0.1)
 
 
 def test_lambda_zero_is_finetuning(splits):
@@ -108,9 +112,10 @@ def test_inner_loop_moves_phi(splits):
 @pytest.mark.parametrize("kind,mean,var", [("uniform", 0.5, 1 / 12), ("gaussian", 0.5, 1.0)])
 def test_forget_batch_uses_configured_noise(splits, kind, mean, var):
     m = tiny_model()
-    obj = EraseDiffObjective(SCHED, EraseDiffConfig(forget_noise=kind))
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(forget_loss=kind))
     batch = splits.forget.tensors(64)
-    _, (noise, t, labels) = obj.forget_loss(m, batch, torch.Generator().manual_seed(0))
+    _, (noise, t, labels, pseudo) = obj.forget_loss(m, batch, torch.Generator().manual_seed(0))
+    assert pseudo is None
     assert noise.shape == batch[0].shape
     assert abs(noise.mean().item() - mean) < 0.02 and abs(noise.var().item() - var) < 0.03 * var / (1 / 12) ** 0.5
     if kind == "uniform":
@@ -127,7 +132,7 @@ def test_forget_noise_reaches_the_loss(splits, monkeypatch):
     seen = []
     orig = U.forget_noise
     monkeypatch.setattr(U, "forget_noise", lambda shape, kind, g: seen.append(kind) or orig(shape, kind, g))
-    run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(forget_noise="gaussian", batch_size=16, rem_num=32, K=1)), splits)
+    run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(forget_loss="gaussian", batch_size=16, rem_num=32, K=1)), splits)
     assert seen and set(seen) == {"gaussian"} and len(seen) == 1 + 1 + 1   # K inner + L_f(phi_K) record + 1 outer
 
 
@@ -138,7 +143,8 @@ def test_q_nonnegative_after_inner_steps_toy(splits):
         def next_inner(s): return s.b
     m = tiny_model()
     fb = splits.forget.tensors(16)
-    obj = EraseDiffObjective(SCHED, EraseDiffConfig(K=5, zeta=0.05, q_estimate="paired", antithetic=False, p_uncond=0.0))
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(K=5, zeta=0.05, q_estimate="paired", antithetic=False, p_uncond=0.0,
+                                                    forget_loss="uniform"))
     obj.inner_loop(m, Fixed(fb), torch.Generator().manual_seed(1))
     for s in range(5):
         L_theta, draws = obj.forget_loss(m, fb, torch.Generator().manual_seed(s))
@@ -197,7 +203,7 @@ def test_parameter_subset(splits):
 def test_unconditional_model(splits):
     m = make_unet(replace(TINY, num_classes=None))
     pb = PairedBatches(splits.remain, splits.forget, 16)
-    obj = EraseDiffObjective(SCHED, EraseDiffConfig(batch_size=16, rem_num=32))
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(batch_size=16, rem_num=32, forget_loss="uniform"))
     res = fit(m, obj, pb, EraseDiffConfig(batch_size=16, rem_num=32, epochs=1, rounds=1).loop(), progress=False)
     assert math.isfinite(res.history[-1]["L_f"])
 
@@ -225,6 +231,133 @@ def test_registry():
         make_objective("erasediff", SCHED, FinetuneConfig())
 
 
+# ---------------------------------------------------------------- the released forget loss (trajectory deviation)
+
+@pytest.mark.parametrize("mode", ["per_class", "per_sample", "per_batch"])
+def test_pseudo_label_never_forgotten_nor_own(mode):
+    "Over many draws, c_p is never a forgotten class nor the image's own class, and every allowed class occurs."
+    y = torch.tensor([2, 8, 2, 8, 5, 2] * 20)                    # 5: a remaining-class image (sample-level forgetting)
+    seen = set()
+    for s in range(200):
+        c = pseudo_labels(y, 10, (2, 8), mode, torch.Generator().manual_seed(s), seed=s)
+        assert c.shape == y.shape and c.dtype == torch.long
+        assert not (torch.isin(c, torch.tensor([2, 8])).any() or (c == y).any()), (mode, s)
+        seen |= set(c.tolist())
+        if mode == "per_class":                                  # one class per forgotten class for the whole run
+            for k in (2, 8): assert len(set(c[y == k].tolist())) == 1
+            assert torch.equal(c, pseudo_labels(y, 10, (2, 8), mode, torch.Generator().manual_seed(s + 1), seed=s))
+        if mode == "per_batch": assert len(set(c[y != 5].tolist())) == 1
+    assert seen == {0, 1, 3, 4, 5, 6, 7, 9}
+    assert allowed_pseudo_classes(2, 10, (2, 8)) == [0, 1, 3, 4, 5, 6, 7, 9]
+    with pytest.raises(ValueError, match="no pseudo label"):
+        pseudo_labels(torch.tensor([0]), 2, (1,), mode, torch.Generator())
+
+
+def test_deviate_target_has_no_gradient(splits):
+    """The outer gradient of the deviate loss equals the hand-computed one with a detached target
+    ||eps(x_t, t, c_f) - sg(eps(x_t, t, c_p))||^2, and differs from the gradient through both predictions."""
+    m = tiny_model()
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(forget_loss="deviate", pseudo_label="per_sample", antithetic=False),
+                             forget_classes=(2, 8))
+    fb = splits.forget.tensors(8)
+    L, (noise, t, labels, pseudo) = obj.forget_loss(m, fb, torch.Generator().manual_seed(0))
+    assert not torch.isin(pseudo, torch.tensor([2, 8])).any() and torch.equal(labels, fb[1])
+    params = list(m.parameters())
+    got = torch.autograd.grad(L, params, allow_unused=True)
+    x_t = q_sample(fb[0], t, noise, SCHED)
+    with torch.no_grad(): target = m(x_t, t, class_labels=pseudo).sample
+    hand = (m(x_t, t, class_labels=labels).sample - target).pow(2).flatten(1).mean(1).mean()
+    assert L.item() == pytest.approx(hand.item(), rel=1e-6)
+    want = torch.autograd.grad(hand, params, allow_unused=True)
+    through = torch.autograd.grad((m(x_t, t, class_labels=labels).sample - m(x_t, t, class_labels=pseudo).sample)
+                                  .pow(2).flatten(1).mean(1).mean(), params, allow_unused=True)
+    z = lambda g, p: torch.zeros_like(p) if g is None else g
+    assert all(torch.allclose(z(a, p), z(b, p), atol=1e-7) for a, b, p in zip(got, want, params))
+    assert any(not torch.allclose(z(a, p), z(b, p), atol=1e-6) for a, b, p in zip(got, through, params))
+
+
+def test_deviate_outer_gradient_is_hand_computed(splits):
+    "One outer step with the deviate loss: p.grad = grad L_r + lambda grad L_f (detached target), lambda fixed."
+    m = tiny_model()
+    cfg = EraseDiffConfig(lam=0.7, batch_size=16, antithetic=False, pseudo_label="per_sample")
+    obj = EraseDiffObjective(SCHED, cfg, forget_classes=(2, 8)); obj.lf_phi = 0.0
+    batch = next(PairedBatches(splits.remain, splits.forget, 16))
+    obj.grads(m, batch, torch.Generator().manual_seed(0))
+    obj2 = EraseDiffObjective(SCHED, cfg, forget_classes=(2, 8))
+    g = torch.Generator().manual_seed(0); params = list(m.parameters())
+    gr = torch.autograd.grad(obj2.remain_loss(m, batch[0], g), params, allow_unused=True)
+    Lf, (noise, t, labels, pseudo) = obj2.forget_loss(m, batch[1], g)
+    x_t = q_sample(batch[1][0], t, noise, SCHED)
+    with torch.no_grad(): target = m(x_t, t, class_labels=pseudo).sample
+    gf = torch.autograd.grad((m(x_t, t, class_labels=labels).sample - target).pow(2).flatten(1).mean(1).mean(), params,
+                             allow_unused=True)
+    z = lambda g_, p: torch.zeros_like(p) if g_ is None else g_
+    for p, a, b in zip(params, gr, gf):
+        assert torch.allclose(p.grad, z(a, p) + 0.7 * z(b, p), atol=1e-7)
+
+
+def test_lambda_zero_is_finetuning_with_deviate_loss(splits):
+    ft, _ = run_steps(FinetuneObjective(SCHED, FinetuneConfig(batch_size=16, rem_num=32)), splits, steps=2)
+    ed, _ = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(lam=0.0, batch_size=16, rem_num=32, forget_loss="deviate"),
+                                         forget_classes=(2, 8)), splits, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(ft.parameters(), ed.parameters()))
+
+
+def test_auto_cos_lambda_rule():
+    "The released rule lambda = max(eta - cos(g_r, g_q), 0) on a toy with known gradients, and BOME's rule beside it."
+    for gr, gq, eta in [((1.0, 0.0), (0.0, 2.0), 1.0), ((1.0, 1.0), (1.0, 1.0), 0.5), ((1.0, 0.0), (-3.0, 0.0), 1.0),
+                        ((2.0, 1.0), (1.0, -1.0), 2.0)]:
+        a, b = torch.tensor(gr), torch.tensor(gq)
+        dot, nq2 = float(a @ b), float(b @ b)
+        cos = dot / float(a.norm() * b.norm())
+        assert adaptive_lambda("auto_cos", eta, 0.3, dot, nq2, cos) == pytest.approx(max(eta - cos, 0.0))
+        assert adaptive_lambda("auto", eta, 0.3, dot, nq2, cos) == pytest.approx(max((eta * 0.3 - dot) / nq2, 0.0))
+    assert adaptive_lambda("auto_cos", 1.0, 0.3, 1.0, 1.0, 1.0) == 0.0         # aligned gradients: no forget pull
+    assert adaptive_lambda("auto_cos", 1.0, 0.3, -1.0, 1.0, -1.0) == 2.0       # opposed: the largest lambda
+    assert adaptive_lambda("auto_cos", 1.0, 0.3, 0.0, 0.0, 0.0) == 0.0         # grad q vanishes
+    assert adaptive_lambda(0.25, 1.0, 0.3, 0.0, 1.0, 0.0) == 0.25
+
+
+def test_auto_cos_in_the_loop(splits):
+    "In the solver, the logged lambda of every step is max(eta - logged cos, 0)."
+    _, res = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(lam="auto_cos", eta=0.8, batch_size=16, rem_num=32),
+                                          forget_classes=(2, 8)), splits, steps=3)
+    for h in res.history:
+        assert h["lambda"] == pytest.approx(max(0.8 - h["cos"], 0.0), abs=1e-9)
+
+
+def test_default_config_per_loss():
+    "Each forget loss comes with its own calibrated step size on digits; a dict naming the loss starts from it."
+    dev, uni = default_config("digits"), default_config("digits", forget_loss="uniform")
+    assert (dev.forget_loss, uni.forget_loss) == ("deviate", "uniform") and uni.lr != dev.lr
+    assert default_config("digits", forget_loss="deviate") == dev
+    assert default_config("cifar10").forget_loss == "deviate" and default_config("cifar10").ema_decay == 0.99
+
+
+def test_forget_classes_default_to_the_batches(splits):
+    "Without forget_classes the objective reads them off the paired batches (labels of D_f absent from D_r)."
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(batch_size=16, rem_num=32))
+    run_steps(obj, splits, steps=1)
+    assert obj.forget_classes == (2, 8)
+    ids = make_splits(load_digits_set("train"), load_digits_set("test"), ForgetSpec(ids=tuple(range(30))))
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(batch_size=16, rem_num=32))
+    run_steps(obj, ids, steps=1)
+    assert obj.forget_classes == ()                        # sample-level: no class is forgotten, only own labels excluded
+
+
+def test_sample_accuracy_rejects_empty_counts():
+    from erasediff.core import SamplerConfig
+    from erasediff.unlearn import sample_accuracy
+    with pytest.raises(ValueError, match="n_remain"):
+        sample_accuracy(tiny_model(), None, SCHED, SamplerConfig(steps=2), (2,), 10, 2, n_remain=0)
+
+
+def test_guidance_scales():
+    assert guidance_scales(0.5) == (0.0, 0.5, 1.0)
+    assert guidance_scales(1.0) == (0.0, 1.0)
+    assert guidance_scales(0.0) == (0.0, 1.0)
+
+
 # ---------------------------------------------------------------- the entry point
 
 def test_unlearn_writes_folder(tmp_path, ckpt):
@@ -232,16 +365,23 @@ def test_unlearn_writes_folder(tmp_path, ckpt):
     torch.manual_seed(0); DigitsClassifier().save_pretrained(clf_dir)
     from erasediff.core import SamplerConfig
     r = unlearn("digits", (2, 8), tmp_path / "out", checkpoint=ckpt, config=SMALL, classifier=clf_dir, eval_per_class=2,
-                sampler=SamplerConfig("ddim", steps=2), progress=False, seed=1)
+                sampler=SamplerConfig("ddim", steps=2, w=1.0), progress=False, seed=1)
     out = tmp_path / "out"
     assert {"README.md", "metrics.json", "history.json", "unet", "samples_before.png", "samples_after.png"} <= {p.name for p in out.iterdir()}
     m = json.loads((out / "metrics.json").read_text())
-    for k in ("acc_forget", "acc_remain", "per_class", "loss_forget", "loss_remain"):
+    for k in ("acc_forget", "acc_remain", "per_class", "loss_forget", "loss_remain", "by_w"):
         assert k in m["before"] and k in m["after"]
+    by_w = m["after"]["by_w"]
+    assert set(by_w) == {"0", "1"}                                # w = 0 and the sampler's w = 1 (= the peers')
+    assert m["after"]["acc_forget"] == max(v["acc_forget"] for v in by_w.values())   # the headline is the worst
+    assert m["after"]["acc_remain"] == min(v["acc_remain"] for v in by_w.values())
+    for v in by_w.values():
+        assert set(v["confusion"]) == {"2", "8"} and all(abs(sum(r) - 1) < 1e-6 for r in v["confusion"].values())
     assert m["unlearn_seconds"] > 0 and m["seed"] == 1 and m["steps"] == 4   # 1 epoch x 2 rounds x ceil(32/16)
     assert m["source_checkpoint"]["sha256"] == sha256_path(ckpt)
     card = (out / "README.md").read_text()
     assert sha256_path(ckpt) in card and "classes [2, 8]" in card and "`lam`" in card
+    assert "worst guidance scale" in card and "w = 0 |" in card and "What the classifier calls" in card
     assert r["out"] == str(out)
     h = json.loads((out / "history.json").read_text())
     assert len(h["history"]) == 4 and len(h["inner"]) == 2
@@ -314,10 +454,19 @@ def test_unlearn_spec_must_match_model(tmp_path, ckpt, monkeypatch):
 
 
 def test_unlearn_unconditional_and_ids(tmp_path):
-    "Unconditional checkpoints (labels None) and forgetting sample ids both run end to end."
+    """Unconditional checkpoints (labels None) and forgetting sample ids both run end to end. Unconditional models get
+    the uniform-noise loss by default; asking for the pseudo-label loss is an error before any work."""
     unc = tmp_path / "unc"; save_unet(make_unet(replace(TINY, num_classes=None)), unc)
     r = unlearn("digits", (3,), tmp_path / "a", checkpoint=unc, config=SMALL, eval_per_class=0, progress=False)
-    assert math.isfinite(r["after"]["loss_forget"])
+    assert math.isfinite(r["after"]["loss_forget"]) and r["config"]["forget_loss"] == "uniform"
+    assert r["config"]["lr"] == default_config("digits", forget_loss="uniform").lr != default_config("digits").lr
+    r = unlearn("digits", (3,), tmp_path / "d", checkpoint=unc, config={**SMALL, "p_uncond_forget": 0.2}, eval_per_class=0,
+                progress=False)                             # a v1 option is fine: the loss is uniform for this model
+    assert r["config"]["forget_loss"] == "uniform" and r["config"]["p_uncond_forget"] == 0.2
+    for cfg in ({**SMALL, "forget_loss": "deviate"}, replace(default_config("digits"), forget_loss="deviate")):
+        with pytest.raises(ValueError, match="class-conditional"):
+            unlearn("digits", (3,), tmp_path / "c", checkpoint=unc, config=cfg, eval_per_class=0, progress=False)
+        assert not (tmp_path / "c").exists()
     cond = tmp_path / "cond"; save_unet(tiny_model(), cond)
     r = unlearn("digits", ForgetSpec(ids=tuple(range(40))), tmp_path / "b", checkpoint=cond, config=SMALL,
                 eval_per_class=0, progress=False)
@@ -354,9 +503,10 @@ def test_end_to_end_lowers_forget_accuracy(tmp_path):
 
 
 def test_shipped_model_forgets(tmp_path):
-    """The product path at reduced evaluation cost: the shipped digits model, the preset's default EraseDiff config,
-    10 CFG samples per class with DDIM-20. Forgotten classes must lose most of their recognisable samples, the
-    remaining ones must stay recognisable (calibration: forgotten 0.998 -> 0.18, remaining 0.995 -> 0.97)."""
+    """The product path at reduced evaluation cost: the shipped digits model, the preset's default EraseDiff config
+    (the released trajectory-deviation loss), 10 samples per class with DDIM-20 at w = 0, 0.5 and 1. At the worst
+    guidance scale the forgotten classes must be (nearly) gone and the remaining ones must stay recognisable; the
+    forgotten classes' samples must be read as other classes (the confusion rows), not as the forgotten ones."""
     from erasediff.core import SamplerConfig
     from erasediff.train import reference_path
     try:
@@ -366,7 +516,11 @@ def test_shipped_model_forgets(tmp_path):
     r = unlearn("digits", (2, 8), tmp_path / "out", eval_per_class=10, sampler=SamplerConfig("ddim", steps=20, w=0.5),
                 progress=False)
     b, a = r["before"], r["after"]
-    assert b["acc_forget"] >= 0.9, b
-    assert a["acc_forget"] <= 0.5 and a["acc_forget"] <= b["acc_forget"] - 0.4, (b, a)
-    assert a["acc_remain"] >= b["acc_remain"] - 0.15, (b, a)
-    assert a["loss_forget"] > 1.5 * b["loss_forget"], (b, a)
+    assert set(a["by_w"]) == {"0", "0.5", "1"} and r["config"]["forget_loss"] == "deviate"
+    assert b["by_w"]["0.5"]["acc_forget"] >= 0.9, b
+    assert a["acc_forget"] <= 0.1, a["by_w"]                     # the worst scale
+    assert a["acc_remain"] >= b["acc_remain"] - 0.1, (b["by_w"], a["by_w"])
+    for w, v in a["by_w"].items():
+        for c, row in v["confusion"].items():
+            assert row[int(c)] <= 0.2 and sum(row) == pytest.approx(1.0), (w, c, row)
+    assert a["loss_forget"] > b["loss_forget"], (b, a)            # D_f is modelled worse (as by Retrain, which never saw it)
