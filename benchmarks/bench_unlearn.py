@@ -161,13 +161,16 @@ def main(argv=None) -> int:
         print(f"{loss}: {sum(ok)}/{len(ok)} runs meet every accuracy target; worst forget at w = {pw}: "
               f"{max(r['after']['by_w'][pw]['acc_forget'] for r in sel):.1%}, at w = 0: "
               f"{max(r['after']['by_w']['0']['acc_forget'] for r in sel):.1%}")
-    t_u = statistics.mean(r["unlearn_seconds"] for r in runs)
-    mem_u = max(r["peak_rss_mb"] or float("nan") for r in runs)
-    print(f"unlearning wall time      {t_u:7.1f} s (mean of {len(runs)} runs; max {max(r['unlearn_seconds'] for r in runs):.1f} s)")
     print(f"Retrain training time     {t_retrain:7.1f} s ({src})")
-    print(f"ratio unlearn / retrain   {t_u / t_retrain:7.4f}   (target <= 0.05)")
-    print(f"peak memory, unlearning   {mem_u:7.0f} MB RSS; plain training {plain['peak_rss_mb']:.0f} MB "
-          f"({plain['steps']} steps, batch {plain['batch_size']}) -> ratio {mem_u / plain['peak_rss_mb']:.3f}")
+    for loss in args.losses:
+        sel = [r for r in runs if r["loss"] == loss]
+        if not sel: continue
+        t_u = statistics.mean(r["unlearn_seconds"] for r in sel)
+        mem_u = max(r["peak_rss_mb"] or float("nan") for r in sel)
+        print(f"{loss:8s} unlearning {t_u:6.1f} s (mean of {len(sel)} runs, max {max(r['unlearn_seconds'] for r in sel):.1f} s)"
+              f" -> ratio to Retrain {t_u / t_retrain:.4f} (target <= 0.05); peak memory {mem_u:.0f} MB RSS -> ratio "
+              f"{mem_u / plain['peak_rss_mb']:.3f} to plain training ({plain['peak_rss_mb']:.0f} MB, {plain['steps']} steps, "
+              f"batch {plain['batch_size']})")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "before": {",".join(map(str, k)): v for k, v in before.items()},
                                          "plain_training": plain, "retrain_seconds": t_retrain, "retrain_source": src},

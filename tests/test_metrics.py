@@ -298,7 +298,8 @@ def test_predicted_noise_stats_loss_is_eps_loss():
     x, y = load_digits_set("train").tensors()
     loss, kl = M.predicted_noise_stats(model, x[:5], y[:5], sched, (10, 700), seed=2, batch_size=3)
     torch.testing.assert_close(loss, M.per_sample_losses(model, x[:5], y[:5], sched, (10, 700), seed=2), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kl, M.predicted_noise_kl(model, x[:5], y[:5], sched, (10, 700), seed=2))
+    # batch 3 vs the default batch: float32 network outputs summed in another order (seen: 2e-7 apart, float64 KL)
+    torch.testing.assert_close(kl, M.predicted_noise_kl(model, x[:5], y[:5], sched, (10, 700), seed=2), rtol=1e-5, atol=1e-6)
     assert kl.shape == (5, 2) and (kl >= 0).all()
 
 
