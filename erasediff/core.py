@@ -32,7 +32,7 @@ __all__ = ['ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'n
            'drop_labels', 'predict_eps', 'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps',
            'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample', 'generate',
            'diffusers_scheduler', 'sample_with_diffusers', 'make_ema', 'ema_model', 'atomic_write_bytes',
-           'atomic_write_json', 'atomic_dir', 'sha256_path', 'save_unet', 'load_unet', 'measure']
+           'atomic_write_json', 'atomic_dir', 'sha256_path', 'save_unet', 'load_unet', 'check_device', 'measure']
 
 # %% ../nbs/00_core.ipynb #aa1c7706
 @dataclass(frozen=True)
@@ -358,12 +358,20 @@ def ema_model(ema: EMAModel, model: UNet2DModel) -> UNet2DModel:
     return m
 
 # %% ../nbs/00_core.ipynb #08a5cb29
+def _umask() -> int:
+    "The process's file-creation mask (read by setting and restoring it)."
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    "Write `data` to `path` through a temporary file in the same folder and an atomic rename."
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename. The file gets the mode
+    a plain `open(path, "wb")` would give (0o666 less the umask), not the temporary file's private 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush(); os.fsync(f.fileno())
@@ -382,12 +390,14 @@ def atomic_write_json(path: Path | str, obj) -> Path:
 @contextmanager
 def atomic_dir(path: Path | str, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` (the old one is removed only
-    after the new one is in place). On error the temporary folder is deleted and `path` is untouched."""
+    after the new one is in place). On error the temporary folder is deleted and `path` is untouched. The folder
+    gets the mode `mkdir` would give (0o777 less the umask)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())                   # as mkdir would make it, not mkdtemp's private 0o700
     try:
         yield tmp
     except BaseException:
@@ -468,6 +478,22 @@ def _reset_rss_hwm() -> bool:
         return True
     except OSError:
         return False
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    "`torch.device(device)`, or a ValueError (before any work) when it is malformed or names an accelerator this machine lacks."
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1'): {e}") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(d)!r}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"CUDA build {torch.version.cuda or 'none'}); use device 'cpu' (CLI: --device cpu)")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(d)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(d)!r}: Apple MPS is not available on this machine; use device 'cpu'")
+    return d
 
 
 @contextmanager

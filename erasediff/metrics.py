@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, eps_loss, generate, load_unet,
+from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, check_device, eps_loss, generate, load_unet,
                             measure, num_classes, predict_eps, q_sample)
 from .data import ForgetSpec, ImageSet, load_dataset, make_splits
 from .train import per_class_accuracy
@@ -714,9 +714,10 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
         preset = train.get_preset(preset)
     preset_name = getattr(preset, "name", type(preset).__name__)
     n_per_class = n_per_class or preset.eval_per_class
-    device = torch.device(device or getattr(preset, "device", "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        device = torch.device("cpu")
+    if device is not None: device = check_device(device)     # asked for explicitly: a clear error when absent
+    else:                                                     # the preset's default falls back to the CPU
+        device = torch.device(getattr(preset, "device", "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available(): device = torch.device("cpu")
     forget_classes = tuple(int(c) for c in preset.forget_classes)
     use_inception = (preset.dataset != "digits") if inception is None else inception
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 from diffusers import UNet2DModel
 from torch.func import functional_call
 
-from .core import (NoiseSchedule, SamplerConfig, atomic_dir, atomic_write_json, drop_labels, eps_loss, generate,
+from .core import (NoiseSchedule, SamplerConfig, atomic_dir, atomic_write_json, check_device, drop_labels, eps_loss, generate,
                             load_unet, num_classes, null_label, q_sample, sample_timesteps, sha256_path)
 from .data import ForgetSpec, ImageSet, InfiniteBatches, Splits, make_splits
 from .train import (CLASSIFIERS, LoopConfig, Preset, fit, get_preset, per_class_accuracy, predict, save_grid)
@@ -746,6 +746,7 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
     if not isinstance(seed, int) or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if device is not None: check_device(device)              # e.g. 'cuda' on a machine without a GPU
     n_eval = preset.eval_per_class if eval_per_class is None else eval_per_class
     if n_eval < 0: raise ValueError(f"eval_per_class must be >= 0, got {n_eval}")
     sampler = sampler or preset.sampler

@@ -41,3 +41,10 @@ def test_unlearn_option_errors_name_the_option(tmp_path, capsys):
                                       "auto_cos", "--out", "x"])
     from erasediff.cli import _overrides
     assert _overrides(args) == {"lam": "auto_cos", "forget_loss": "uniform", "pseudo_label": "per_sample"}
+
+
+def test_unlearn_unavailable_device_is_a_clear_error(tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available(): pytest.skip("needs a machine without CUDA")
+    assert main(["unlearn", "--device", "cuda", "--out", str(tmp_path / "u"), "--quiet"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "u").exists()

@@ -161,3 +161,33 @@ def test_atomic_dir_keeps_old_on_failure(tmp_path):
             pass
     atomic_write_json(tmp_path / "m.json", {"x": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"x": 1}
+
+
+def test_results_get_the_modes_of_a_plain_write(tmp_path):
+    """Atomic writes give files and folders the modes open()/mkdir would (umask respected), not the private 0o600 /
+    0o700 of their temporary names: on a shared server others must be able to read a model and its metrics."""
+    import os, stat
+    from erasediff.core import atomic_dir, atomic_write_bytes
+    old = os.umask(0o022)
+    try:
+        f = atomic_write_bytes(tmp_path / "a.json", b"{}")
+        with atomic_dir(tmp_path / "run") as d: (d / "x.txt").write_text("x")
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+        os.umask(0o077)                                              # a private umask is honoured too
+        g = atomic_write_bytes(tmp_path / "b.json", b"{}")
+        with atomic_dir(tmp_path / "run2") as d: pass
+        assert stat.S_IMODE(g.stat().st_mode) == 0o600 and stat.S_IMODE((tmp_path / "run2").stat().st_mode) == 0o700
+    finally:
+        os.umask(old)
+
+
+def test_check_device():
+    import torch
+    from erasediff.core import check_device
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="not a device name"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            check_device("cuda")

@@ -420,6 +420,17 @@ def test_unlearn_bad_input(tmp_path, ckpt, kw, exc, msg):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unlearn_unavailable_device_fails_before_work(tmp_path, ckpt, monkeypatch):
+    "device='cuda' without a GPU: a clear error before any data, model or work is loaded, and no output folder."
+    import erasediff.unlearn as U
+    monkeypatch.setattr(U.Preset, "load_data", lambda self: (_ for _ in ()).throw(AssertionError("data loaded")))
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        unlearn("digits", (2, 8), tmp_path / "new", checkpoint=ckpt, config=SMALL, eval_per_class=0, progress=False,
+                device="cuda")
+    assert not (tmp_path / "new").exists()
+
+
 def test_unlearn_bad_checkpoints(tmp_path):
     base = dict(preset="digits", forget=(2, 8), out=tmp_path / "new", config=SMALL, eval_per_class=0, progress=False)
     with pytest.raises(FileNotFoundError, match="not found"):
