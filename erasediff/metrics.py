@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, check_device, eps_loss, generate, load_unet,
                             measure, num_classes, predict_eps, q_sample)
 from .data import ForgetSpec, ImageSet, load_dataset, make_splits
-from .train import per_class_accuracy
-from .unlearn import guidance_scales
+from .train import confusion_rows, per_class_accuracy
+from .unlearn import confusion_markdown, guidance_scales
 
 # %% auto #0
 __all__ = ['INCEPTION_FILE', 'MIA_TIMESTEPS', 'as_tensors', 'eval_mode', 'feature_stats', 'frechet_distance',
@@ -318,8 +318,7 @@ def accuracy_with_confusion(classifier: nn.Module, images: torch.Tensor, labels:
     logits = classifier_logits(classifier, images, batch_size)
     pred, k = logits.argmax(1), logits.shape[1]
     out = _accuracy_from_predictions(pred, labels, forget_classes)
-    out["confusion"] = {int(c): (torch.bincount(pred[labels == c], minlength=k).double()
-                                 / max(int((labels == c).sum()), 1)).tolist() for c in forget_classes}
+    out["confusion"] = confusion_rows(pred, labels, forget_classes, k)
     return out
 
 
@@ -588,14 +587,7 @@ def metrics_markdown(m: dict) -> str:
     head = (f"# Evaluation of `{m['checkpoint']}`\n\npreset `{m['preset']}`, forget classes {m['forget_classes']}, "
             f"{m['n_per_class']} samples per class, seed {m['seed']}\n\n| metric | value |\n|---|---|\n")
     out = head + "\n".join(rows) + "\n"
-    for w, r in (m.get("accuracy_by_w") or {}).items():
-        conf = r.get("confusion") or {}
-        if conf and w == next(iter(m["accuracy_by_w"])):
-            k = len(next(iter(conf.values())))
-            out += ("\nWhat the classifier calls the samples of each forgotten class (share per predicted class):\n\n"
-                    "| class | w | " + " | ".join(str(i) for i in range(k)) + " |\n|---|---|" + "---|" * k + "\n")
-        for c, row in conf.items():
-            out += f"| {c} | {w} | " + " | ".join(f"{v:.2f}" for v in row) + " |\n"
+    out += confusion_markdown(m.get("accuracy_by_w") or {})
     per = m.get("accuracy", {}).get("per_class") or m.get("classifier_fd", {}).get("per_class")
     if per:
         out += "\n| class | forget? | accuracy | classifier FD | FID |\n|---|---|---|---|---|\n"

@@ -36,9 +36,9 @@ from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_spli
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
            'NonFiniteLossError', 'FitResult', 'fit', 'DigitsClassifier', 'ResNetClassifier', 'predict', 'accuracy',
-           'per_class_accuracy', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid', 'show_grid', 'save_grid',
-           'train_reference', 'data_dir', 'read_manifest', 'reference_path', 'load_reference', 'ship_reference',
-           'class_recognition']
+           'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid',
+           'show_grid', 'save_grid', 'train_reference', 'data_dir', 'read_manifest', 'reference_path', 'load_reference',
+           'ship_reference', 'class_recognition']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -264,6 +264,13 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> dict[int, fl
     if pred.shape != labels.shape:
         raise ValueError(f"pred: shape {tuple(pred.shape)} does not match labels {tuple(labels.shape)}")
     return {int(c): (pred[labels == c] == c).float().mean().item() for c in labels.unique()}
+
+
+def confusion_rows(pred: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], n_classes: int) -> dict[int, list[float]]:
+    "For each class c of `classes`: the share (n_classes,) of its entries in `labels` (N,) that `pred` (N,) calls each class."
+    pred, labels = torch.as_tensor(pred, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    return {int(c): (torch.bincount(pred[labels == c], minlength=n_classes).double()
+                     / max(int((labels == c).sum()), 1)).tolist() for c in classes}
 
 # %% ../nbs/02_train.ipynb #0d9299c4
 @dataclass(frozen=True)

@@ -30,14 +30,16 @@ from torch.func import functional_call
 from .core import (NoiseSchedule, SamplerConfig, atomic_dir, atomic_write_json, check_device, drop_labels, eps_loss, generate,
                             load_unet, num_classes, null_label, q_sample, sample_timesteps, sha256_path)
 from .data import ForgetSpec, ImageSet, InfiniteBatches, Splits, make_splits
-from .train import (CLASSIFIERS, LoopConfig, Preset, fit, get_preset, per_class_accuracy, predict, save_grid)
+from .train import (CLASSIFIERS, LoopConfig, Preset, confusion_rows, fit, get_preset, per_class_accuracy, predict,
+                    save_grid)
 
 # %% auto #0
 __all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS',
            'LOSS_DEFAULTS', 'PEER_W', 'UnlearnConfig', 'EraseDiffConfig', 'FinetuneConfig', 'forget_noise',
            'allowed_pseudo_classes', 'pseudo_labels', 'select_params', 'PairedBatches', 'forgotten_classes',
            'adaptive_lambda', 'FinetuneObjective', 'EraseDiffObjective', 'Method', 'get_method', 'make_objective',
-           'default_config', 'guidance_scales', 'sample_accuracy', 'split_losses', 'model_card', 'unlearn']
+           'default_config', 'guidance_scales', 'sample_accuracy', 'split_losses', 'model_card', 'confusion_markdown',
+           'unlearn']
 
 # %% ../nbs/03_unlearn.ipynb #599a4ed4
 FORGET_LOSSES = ("deviate", "uniform", "gaussian")
@@ -163,17 +165,16 @@ def pseudo_labels(y: torch.Tensor, n_classes: int, forget_classes: Sequence[int]
     'per_class': one fixed class per forgotten class for the whole run, a function of `seed` alone."""
     if mode not in PSEUDO_LABELS: raise ValueError(f"pseudo_label must be one of {PSEUDO_LABELS}, got {mode!r}")
     ys = [int(c) for c in y.tolist()]
+    allowed = {c: allowed_pseudo_classes(c, n_classes, forget_classes) for c in set(ys)}
     if mode == "per_sample":
         u = torch.rand(len(ys), generator=generator).tolist()
     elif mode == "per_batch":
         u = torch.rand(1, generator=generator).tolist() * len(ys)
     else:  # per_class: a draw that depends on (seed, class) only
-        u = [torch.rand(1, generator=torch.Generator().manual_seed(seed * 1_000_003 + c)).item() for c in ys]
-    out = []
-    for c, ui in zip(ys, u):
-        allowed = allowed_pseudo_classes(c, n_classes, forget_classes)
-        out.append(allowed[min(int(ui * len(allowed)), len(allowed) - 1)])
-    return torch.tensor(out, dtype=torch.long)
+        per_class = {c: torch.rand(1, generator=torch.Generator().manual_seed(seed * 1_000_003 + c)).item() for c in allowed}
+        u = [per_class[c] for c in ys]
+    pick = lambda a, ui: a[min(int(ui * len(a)), len(a) - 1)]
+    return torch.tensor([pick(allowed[c], ui) for c, ui in zip(ys, u)], dtype=torch.long)
 
 # %% ../nbs/03_unlearn.ipynb #112db200
 def select_params(model: nn.Module, patterns: Sequence[str] = ()) -> list[tuple[str, nn.Parameter]]:
@@ -501,8 +502,8 @@ def sample_accuracy(model: UNet2DModel, classifier: nn.Module, schedule: NoiseSc
         x = generate(model, schedule, labels, config=replace(sampler, w=w), seed=seed, progress=progress)
         pred = predict(classifier, x)
         per = per_class_accuracy(pred, labels)
-        conf = {c: torch.bincount(pred[labels == c], minlength=n_classes).div(counts[c]).tolist() for c in F_}
-        by_w[_w_key(w)] = {"acc_forget": mean(per, F_), "acc_remain": mean(per, rem), "per_class": per, "confusion": conf}
+        by_w[_w_key(w)] = {"acc_forget": mean(per, F_), "acc_remain": mean(per, rem), "per_class": per,
+                           "confusion": confusion_rows(pred, labels, F_, n_classes)}
         if w == float(sampler.w) or shown is None: shown = x
     worst_f = max(by_w, key=lambda k: by_w[k]["acc_forget"]) if F_ else None
     worst_r = min(by_w, key=lambda k: by_w[k]["acc_remain"])
@@ -681,7 +682,7 @@ noise before and after and at every w; classifier `{(m.get('classifier') or {}).
 | metric | before | after |
 |---|---|---|
 {chr(10).join(rows)}
-{_confusion_md(a)}
+{confusion_markdown(a.get("by_w") or {})}
 Unlearning cost: {m['unlearn_seconds']:.1f} s wall time for {m['steps']} outer steps on {m['device']},
 peak memory {m['peak_rss_mb'] or float('nan'):.0f} MB (process RSS){'' if m.get('cuda_peak_mb') is None else f", {m['cuda_peak_mb']:.0f} MB CUDA"}.
 
@@ -710,12 +711,12 @@ def _where_to(m: dict) -> str:
     return ""
 
 
-def _confusion_md(after: dict) -> str:
-    "What the classifier calls the samples of each forgotten class after unlearning, at every guidance scale (markdown)."
-    by_w = after.get("by_w") or {}
-    if not by_w: return ""
+def confusion_markdown(by_w: dict) -> str:
+    """Markdown table of the confusion rows of `by_w` ({w: {"confusion": {class: shares (n_classes,)}}}): what the
+    classifier calls the samples of each forgotten class at every guidance scale ("" when there are none)."""
+    if not by_w or not any(r.get("confusion") for r in by_w.values()): return ""
     k = len(next(iter(next(iter(by_w.values()))["confusion"].values()), []))
-    lines = ["", "What the classifier calls the samples of each forgotten class after unlearning (share per predicted class):", "",
+    lines = ["", "What the classifier calls the samples of each forgotten class (share per predicted class):", "",
              "| class | w | " + " | ".join(str(i) for i in range(k)) + " |", "|---|---|" + "---|" * k]
     for w, r in by_w.items():
         for c, row in r["confusion"].items():
