@@ -125,13 +125,28 @@ class FitResult:
 def _state_bytes(obj) -> bytes:
     buf = io.BytesIO(); torch.save(obj, buf); return buf.getvalue()
 
+
+def _global_rng() -> dict:
+    "The global random states the loop draws from outside its own generator (dropout): CPU and every CUDA device."
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_global_rng(state: Optional[dict]) -> None:
+    "Restore `_global_rng()`'s states (checkpoints written before they were saved have none: nothing to restore)."
+    if not state: return
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
+
 # %% ../nbs/02_train.ipynb #51a9e5a4
 def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, out: Optional[Path | str] = None,
         resume: bool = False, params: Optional[Sequence[nn.Parameter]] = None, progress: bool = True,
         callback: Optional[Callable[[int, nn.Module, dict], None]] = None, desc: str = "training",
-        run_info: Optional[dict] = None) -> FitResult:
+        run_info: Optional[dict] = None, sample_fn: Optional[Callable[[int, nn.Module], None]] = None) -> FitResult:
     """Optimise `model` with `objective` over `batches` (an iterator, ideally an InfiniteBatches) for `config.steps`.
-    With `out`, checkpoints go to `out/` every `ckpt_every` steps and at the end; `resume=True` continues from them."""
+    With `out`, checkpoints go to `out/` every `ckpt_every` steps and at the end; `resume=True` continues from them,
+    bit for bit: the checkpoint holds every random state the loop uses (its generator, the batches, and the global
+    CPU/CUDA generators that dropout draws from). `sample_fn(step, model)` is called every `sample_every` steps with
+    the weights that will be shipped (the EMA weights when EMA is on), in eval mode."""
     import copy
     out = Path(out) if out is not None else None
     params = list(model.parameters()) if params is None else list(params)
@@ -155,6 +170,7 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
         if ema is not None: ema.load_state_dict(st["ema"])
         if hasattr(batches, "load_state_dict"): batches.load_state_dict(st["batches"])
         gen.set_state(st["generator"]); history, start = st["history"], st["step"]
+        _set_global_rng(st.get("rng"))
 
     def averaged() -> nn.Module:
         if ema is None: return model
@@ -165,7 +181,7 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "ema": ema.state_dict() if ema is not None else None, "generator": gen.get_state(),
                  "batches": batches.state_dict() if hasattr(batches, "state_dict") else None,
-                 "history": history, "step": step, "config": asdict(config)}
+                 "rng": _global_rng(), "history": history, "step": step, "config": asdict(config)}
         atomic_write_bytes(state_file, _state_bytes(state))
         avg = averaged()
         if hasattr(avg, "save_pretrained"):
@@ -195,6 +211,10 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
                 history.append(logs)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "acc", "L_r", "L_f", "lambda")})
                 if callback is not None: callback(step + 1, model, logs)
+            if sample_fn is not None and config.sample_every and (step + 1) % config.sample_every == 0:
+                shipped = averaged().eval()
+                sample_fn(step + 1, shipped)
+                model.train()
             if config.ckpt_every and (step + 1) % config.ckpt_every == 0 and step + 1 < config.steps:
                 checkpoint(step + 1)
     checkpoint(config.steps)
@@ -410,17 +430,16 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
     if what == "classifier":
         model = CLASSIFIERS[preset.classifier.arch](num_classes=train.num_classes, in_channels=preset.unet.channels)
         objective = ClassifierObjective()
-        callback = None
+        sample_fn = None
     else:
         model = make_unet(preset.unet)
         objective = DiffusionObjective(schedule, preset.p_uncond)
-        def callback(step, m, logs):
-            if loop.sample_every and step % loop.sample_every == 0:
-                m.eval(); save_grid(sample_grid(m, schedule, preset.sampler, 8), 8, out / "samples" / f"step{step:07d}.png",
-                                    f"{what} step {step}"); m.train()
+        def sample_fn(step, m):  # m: the weights that will be shipped (EMA)
+            save_grid(sample_grid(m, schedule, preset.sampler, 8), 8, out / "samples" / f"step{step:07d}.png",
+                      f"{what} step {step}")
     model.to(preset.device if (preset.device != "cuda" or torch.cuda.is_available()) else "cpu")
     batches = InfiniteBatches(data, loop.batch_size, seed=loop.seed)
-    res = fit(model, objective, batches, loop, out=out, resume=resume, progress=progress, callback=callback,
+    res = fit(model, objective, batches, loop, out=out, resume=resume, progress=progress, sample_fn=sample_fn,
               desc=f"{preset.name}/{what}", run_info=info)
     if what == "classifier":
         xt, yt = test.tensors()

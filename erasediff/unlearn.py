@@ -18,6 +18,7 @@ import json
 import math
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -236,6 +237,22 @@ def _substream(generator: torch.Generator, tag: int, i: int) -> torch.Generator:
     return torch.Generator().manual_seed((generator.initial_seed() * 1_000_003 + tag * 7_919_993 + i + 1) % 2**63)
 
 
+def _rng_state(device: torch.device) -> tuple:
+    "The global random state a forward pass on `device` draws its dropout masks from."
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextmanager
+def _replayed_rng(state: tuple):
+    "Run a block with the global random state set to `state` (same dropout masks), leaving the outer stream untouched."
+    cpu, cuda = state
+    dev = [torch.cuda.current_device()] if cuda is not None else []
+    with torch.random.fork_rng(devices=dev):
+        torch.set_rng_state(cpu)
+        if cuda is not None: torch.cuda.set_rng_state(cuda)
+        yield
+
+
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
 
@@ -375,11 +392,13 @@ class EraseDiffObjective(FinetuneObjective):
         params = [p for _, p in _trainable(model)]
         L_r = self.remain_loss(model, remain, generator)
         g_r = _grads(L_r, params)
+        rng = _rng_state(params[0].device)                           # dropout masks of the L_f(theta) forward
         L_f, draws = self.forget_loss(model, forget, self.step_gen or generator)
         self.step_gen = None
         g_f = _grads(L_f, params)                                    # grad q = grad L_f(theta): phi_K is a constant
-        if cfg.q_estimate == "paired" and self.phi is not None:
-            with torch.no_grad(): lf_phi = self.forget_loss(model, forget, draws=draws, weights=self.phi)[0].item()
+        if cfg.q_estimate == "paired" and self.phi is not None:     # same draws and same dropout masks: an exact difference
+            with torch.no_grad(), _replayed_rng(rng):
+                lf_phi = self.forget_loss(model, forget, draws=draws, weights=self.phi)[0].item()
         else:
             lf_phi = self.lf_phi if self.lf_phi is not None else L_f.item()
         q = L_f.item() - lf_phi

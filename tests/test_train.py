@@ -44,6 +44,41 @@ def test_resume_gives_the_same_loss_curve(tiny_cfg, digits, tmp_path):
         _run(replace(cfg, lr=1e-3), tiny_cfg, digits, out=tmp_path, resume=True)
 
 
+def test_resume_with_dropout_is_bit_exact(tiny_cfg, digits, tmp_path):
+    "Dropout draws from the global generator: a resumed run must restore it, not replay the masks from step 0."
+    cfg = LoopConfig(steps=6, batch_size=8, lr=2e-3, warmup_steps=1, log_every=1, ckpt_every=3, seed=2)
+    drop = replace(tiny_cfg, dropout=0.3)
+    full = _run(cfg, drop, digits)
+
+    class Crash(Exception):
+        pass
+
+    def crash(step, model, logs):
+        if step == 4: raise Crash
+    with pytest.raises(Crash):
+        _run(cfg, drop, digits, out=tmp_path, callback=crash)
+    torch.manual_seed(123)                               # a fresh process would not be where the crashed one was
+    resumed = _run(cfg, drop, digits, out=tmp_path, resume=True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    for a, b in zip(resumed.raw_model.parameters(), full.raw_model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_sample_fn_sees_the_shipped_ema_weights(tiny_cfg, digits):
+    cfg = LoopConfig(steps=4, batch_size=8, lr=1e-2, warmup_steps=1, log_every=1, ckpt_every=0, sample_every=2,
+                     ema_decay=0.5)
+    seen = {}
+
+    def sample_fn(step, m):
+        seen[step] = ({k: v.clone() for k, v in m.state_dict().items()}, m.training)
+    res = _run(cfg, tiny_cfg, digits, sample_fn=sample_fn)
+    assert sorted(seen) == [2, 4] and not any(training for _, training in seen.values())
+    ema_final, raw_final = res.model.state_dict(), res.raw_model.state_dict()
+    assert all(torch.equal(seen[4][0][k], ema_final[k]) for k in ema_final)
+    assert any(not torch.equal(seen[4][0][k], raw_final[k]) for k in raw_final)
+    assert res.raw_model.training is False and res.history[-1]["step"] == 4
+
+
 class NaNAfter(DiffusionObjective):
     def __init__(self, n):
         super().__init__(SCHED); self.n, self.calls = n, 0

@@ -153,6 +153,17 @@ def test_q_nonnegative_after_inner_steps_toy(splits):
         assert (L_theta - L_phi).item() >= 0
 
 
+def test_paired_q_uses_the_same_dropout_masks(splits):
+    "With dropout on, q (paired) compares theta and phi_K under the same masks: phi_K = theta gives q = 0 exactly."
+    m = tiny_model(dropout=0.3).train()
+    obj = EraseDiffObjective(SCHED, EraseDiffConfig(q_estimate="paired", forget_loss="uniform", p_uncond=0.0))
+    obj.phi = {n: p.detach().clone() for n, p in m.named_parameters()}
+    obj.lf_phi = 0.0
+    batch = (splits.remain.tensors(16), splits.forget.tensors(16))
+    qs = [obj.grads(m, batch, torch.Generator().manual_seed(s))["q"] for s in range(3)]
+    assert qs == [0.0, 0.0, 0.0]
+
+
 def test_step_logs_and_auto_lambda(splits):
     _, res = run_steps(EraseDiffObjective(SCHED, EraseDiffConfig(lam="auto", eta=1.0, batch_size=16, rem_num=32,
                                                                  q_estimate="paired", K=2, zeta=0.05)), splits, steps=4)
