@@ -46,8 +46,8 @@ def run_setting(preset, forget, overrides: dict, seed: int, at: list[int], metho
     from erasediff.core import NoiseSchedule
     from erasediff.data import make_splits, ForgetSpec
     from erasediff.train import fit, load_reference
-    from erasediff.unlearn import PairedBatches, default_config, make_objective, select_params
-    loss = overrides.get("forget_loss") if method == "erasediff" else None
+    from erasediff.unlearn import default_config, make_objective, select_params
+    loss = overrides.get("forget_loss")
     cfg = replace(default_config(preset, method, loss), **overrides)      # a loss's own calibrated settings first
     at = sorted(s for s in at if s <= cfg.steps) or [cfg.steps]
     if cfg.steps not in at: at.append(cfg.steps)
@@ -71,11 +71,11 @@ def run_setting(preset, forget, overrides: dict, seed: int, at: list[int], metho
                      **{k: logs.get(k) for k in ("L_r", "L_f", "q", "lambda", "cos")}})
         r = rows[-1]
         print(f"{r['setting']:50s} {list(forget)} seed {seed} step {step:4d}: worst forget {r['acc_forget']:.3f} remain "
-              f"{r['acc_remain']:.3f} | {_fmt(r, forget)} | {r['unlearn_s']:.1f}s L_f {r['L_f']:.4f} L_r {r['L_r']:.4f} "
-              f"lambda {r['lambda']:.3g}", flush=True)
+              f"{r['acc_remain']:.3f} | {_fmt(r, forget)} | {r['unlearn_s']:.1f}s "
+              + " ".join(f"{k} {r[k]:.4g}" for k in ("L_f", "L_r", "lambda") if r.get(k) is not None), flush=True)
 
     objective = make_objective(method, schedule, cfg, forget, seed)
-    batches = PairedBatches(splits.remain, splits.forget, cfg.batch_size, cfg.forget_batch_size, seed=seed)
+    batches = objective.make_batches(splits.remain, splits.forget, seed=seed)   # staged for TS
     params = [p for _, p in select_params(model, cfg.params)]   # the parameter subset of `params`, as in unlearn()
     fit(model, objective, batches, cfg.loop(seed), params=params, progress=False, callback=callback, desc=method)
     return rows

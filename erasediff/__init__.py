@@ -2,6 +2,7 @@
 
 Modules:
 
+- `erasediff.baselines`: The methods EraseDiff is judged against — Finetune, NegGrad, BlindSpot, Selective Amnesia, SalUn — and its two ablations SO and TS, each an objective of the one training loop and an entry of the method registry, so that `unlearn(method=...)` and `erasediff unlearn --method ...` run every one of them with the same data, budget accounting, logging (losses, wall time, peak memory), evaluation and model card.
 - `erasediff.cli`: A thin CLI over the library: `erasediff train`, `erasediff unlearn`, `erasediff evaluate`, `erasediff presets`. Every argument is checked before any work starts.
 - `erasediff.core`: The DDPM of the paper in a few explicit pieces: the linear noise schedule, the forward process `q_sample`, the epsilon-prediction loss with classifier-free label dropout, a diffusers `UNet2DModel` factory, DDPM/DDIM samplers with classifier-free guidance, EMA, and loading/saving diffusers-format checkpoints atomically.
 - `erasediff.data`: A registry of datasets (the embedded `digits`, torchvision's `mnist`, `cifar10` and `celeba`, and image `folder`s such as UTKFace), and the forget specification that splits a training set into what must be forgotten ($D_f$), what must be kept ($D_r$) and the held-out images of both (for membership inference and Fréchet distances).

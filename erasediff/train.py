@@ -42,7 +42,9 @@ __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
-    "What the loop optimises: `grads` fills p.grad of the trainable params for one batch and returns logs (incl. 'loss')."
+    """What the loop optimises: `grads` fills p.grad of the trainable params for one batch and returns logs (incl.
+    'loss'). Optional hooks: `on_step_start(model, step, batches, generator)` before the batch is drawn (inner loops,
+    one-off preparation), `on_step_end(model, step)` after the optimiser step and before the EMA update."""
     def grads(self, model: nn.Module, batch, generator: torch.Generator) -> dict[str, float]: ...
 
 
@@ -205,6 +207,7 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
             if config.grad_clip is not None:
                 logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
             opt.step(); sched.step()
+            if hasattr(objective, "on_step_end"): objective.on_step_end(model, step)  # e.g. restore frozen weights
             if ema is not None: ema.step(model.parameters())
             logs = {"step": step + 1, "lr": sched.get_last_lr()[0], **logs}
             if config.log_every and ((step + 1) % config.log_every == 0 or step + 1 == config.steps):

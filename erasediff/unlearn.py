@@ -19,7 +19,7 @@ import math
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -36,11 +36,11 @@ from .train import (CLASSIFIERS, LoopConfig, Preset, confusion_rows, fit, get_pr
 
 # %% auto #0
 __all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS',
-           'LOSS_DEFAULTS', 'PEER_W', 'UnlearnConfig', 'EraseDiffConfig', 'FinetuneConfig', 'forget_noise',
-           'allowed_pseudo_classes', 'pseudo_labels', 'select_params', 'PairedBatches', 'forgotten_classes',
-           'adaptive_lambda', 'FinetuneObjective', 'EraseDiffObjective', 'Method', 'get_method', 'make_objective',
-           'default_config', 'guidance_scales', 'sample_accuracy', 'split_losses', 'model_card', 'confusion_markdown',
-           'unlearn']
+           'LOSS_DEFAULTS', 'PEER_W', 'UnlearnConfig', 'ForgetLossConfig', 'EraseDiffConfig', 'FinetuneConfig',
+           'forget_noise', 'allowed_pseudo_classes', 'pseudo_labels', 'select_params', 'PairedBatches',
+           'forgotten_classes', 'adaptive_lambda', 'FinetuneObjective', 'ForgetObjective', 'EraseDiffObjective',
+           'Method', 'get_method', 'make_objective', 'default_config', 'guidance_scales', 'sample_accuracy',
+           'split_losses', 'model_card', 'confusion_markdown', 'unlearn']
 
 # %% ../nbs/03_unlearn.ipynb #599a4ed4
 FORGET_LOSSES = ("deviate", "uniform", "gaussian")
@@ -105,16 +105,11 @@ class UnlearnConfig:
 
 
 @dataclass(frozen=True)
-class EraseDiffConfig(UnlearnConfig):
-    "EraseDiff's own choices on top of the shared budget (defaults: the paper's CIFAR-10 settings)."
+class ForgetLossConfig(UnlearnConfig):
+    "The forget loss L_f shared by EraseDiff and the methods built on it (SalUn, SO, TS)."
     forget_loss: str = "deviate"             # 'deviate' (released: follow a pseudo label's trajectory), 'uniform' / 'gaussian' (v1)
     pseudo_label: str = "per_class"          # 'deviate' only: how c_p is drawn from the remaining classes (see pseudo_labels)
-    K: int = 2                               # inner gradient-descent steps on L_f
-    zeta: float = 1e-3                       # inner step size
-    lam: Union[float, str] = 0.1             # lambda >= 0, 'auto' (BOME's rule) or 'auto_cos' (the released code's rule)
-    eta: float = 1.0                         # eta of the adaptive rules
     p_uncond_forget: Optional[float] = None  # label dropout on D_f, uniform/gaussian losses only (None: same as p_uncond)
-    q_estimate: str = "round"                # L_f(phi_K): one value per round ('round') or on each outer batch ('paired')
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,6 +120,21 @@ class EraseDiffConfig(UnlearnConfig):
         if self.forget_loss == "deviate" and self.p_uncond_forget:
             raise ValueError(f"p_uncond_forget must be 0 or None with forget_loss='deviate' (its target needs the forgotten "
                              f"label, a dropped label would pull the null condition too), got {self.p_uncond_forget}")
+        if self.p_uncond_forget is not None and not 0 <= self.p_uncond_forget < 1:
+            raise ValueError(f"p_uncond_forget must be in [0, 1) or None, got {self.p_uncond_forget}")
+
+
+@dataclass(frozen=True)
+class EraseDiffConfig(ForgetLossConfig):
+    "EraseDiff's own choices on top of the shared budget and forget loss (defaults: the paper's CIFAR-10 settings)."
+    K: int = 2                               # inner gradient-descent steps on L_f
+    zeta: float = 1e-3                       # inner step size
+    lam: Union[float, str] = 0.1             # lambda >= 0, 'auto' (BOME's rule) or 'auto_cos' (the released code's rule)
+    eta: float = 1.0                         # eta of the adaptive rules
+    q_estimate: str = "round"                # L_f(phi_K): one value per round ('round') or on each outer batch ('paired')
+
+    def __post_init__(self):
+        super().__post_init__()
         if not isinstance(self.K, int) or self.K < 1: raise ValueError(f"K (inner steps) must be an int >= 1, got {self.K!r}")
         if not self.zeta > 0: raise ValueError(f"zeta (inner step size) must be > 0, got {self.zeta}")
         if isinstance(self.lam, str):
@@ -132,8 +142,6 @@ class EraseDiffConfig(UnlearnConfig):
         elif not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"lam (lambda) must be >= 0 or one of {LAMBDA_RULES}, got {self.lam!r}")
         if not self.eta > 0: raise ValueError(f"eta must be > 0, got {self.eta}")
-        if self.p_uncond_forget is not None and not 0 <= self.p_uncond_forget < 1:
-            raise ValueError(f"p_uncond_forget must be in [0, 1) or None, got {self.p_uncond_forget}")
         if self.q_estimate not in Q_ESTIMATES:
             raise ValueError(f"q_estimate must be one of {Q_ESTIMATES}, got {self.q_estimate!r}")
 
@@ -284,6 +292,10 @@ class FinetuneObjective:
     def check_model(self, model: nn.Module) -> None:
         "ValueError before any work when this objective cannot be used with `model`."
 
+    def make_batches(self, remain: ImageSet, forget: ImageSet, seed: int = 0):
+        "The loop's batches: endless (remain, forget) pairs (methods with stages override this)."
+        return PairedBatches(remain, forget, self.config.batch_size, self.config.forget_batch_size, seed=seed)
+
     def remain_loss(self, model: nn.Module, batch, generator: torch.Generator) -> torch.Tensor:
         "L_r: the DDPM loss with N(0, I) noise and label dropout on a remain batch (x (B,C,H,W), y (B,))."
         x, y = batch
@@ -299,19 +311,11 @@ class FinetuneObjective:
         return {"loss": loss.item(), "L_r": loss.item()}
 
 # %% ../nbs/03_unlearn.ipynb #4760a6a8
-class EraseDiffObjective(FinetuneObjective):
-    """EraseDiff (Wu et al. 2024): outer update on L_r + lambda * q with q = L_f(theta) - L_f(phi_K); see EraseDiffConfig.
-    `forget_classes`: the classes being forgotten, never used as pseudo labels (None: the labels of D_f that D_r does not
-    have, read from the paired batches at the first step); `seed`: fixes 'per_class' pseudo labels."""
-
-    def __init__(self, schedule: NoiseSchedule, config: EraseDiffConfig = EraseDiffConfig(),
-                 forget_classes: Optional[Sequence[int]] = None, seed: int = 0):
-        super().__init__(schedule, config, forget_classes, seed)
-        self.round: Optional[int] = None    # the round whose inner loop was run
-        self.lf_phi: Optional[float] = None # L_f(phi_K) recorded for it
-        self.phi: Optional[dict[str, torch.Tensor]] = None  # phi_K itself (q_estimate='paired')
-        self.inner_log: list[dict] = []     # one entry per round
-        self.step_gen: Optional[torch.Generator] = None
+class ForgetObjective(FinetuneObjective):
+    """The remain loss of Finetune plus the forget loss L_f of `ForgetLossConfig` (one implementation, used by EraseDiff
+    and by the baselines built on it). `forget_classes`: the classes being forgotten, never used as pseudo labels (None:
+    the labels of D_f that D_r does not have, read from the paired batches at the first step); `seed`: fixes
+    'per_class' pseudo labels."""
 
     def check_model(self, model: nn.Module) -> None:
         "ValueError before any work when the forget loss cannot be used with `model` (pseudo labels need classes)."
@@ -353,6 +357,29 @@ class EraseDiffObjective(FinetuneObjective):
             with torch.no_grad(): target = net(pseudo)                 # stop-gradient target
         return (eps.float() - target.float()).pow(2).flatten(1).mean(1).mean(), draws
 
+    def on_step_start(self, model: nn.Module, step: int, batches, generator: torch.Generator) -> None:
+        if self.forget_classes is None:
+            self.forget_classes = forgotten_classes(batches.forget.ds, batches.remain.ds)
+        self.step_gen = _substream(generator, 2, step)      # draws of this step's forget loss
+
+    def step_forget_loss(self, model: nn.Module, forget) -> tuple[torch.Tensor, tuple]:
+        "L_f on this step's forget batch with this step's draws (its own stream: the same in every method that uses it)."
+        gen, self.step_gen = getattr(self, "step_gen", None), None
+        return self.forget_loss(model, forget, gen if gen is not None else torch.Generator().manual_seed(self.seed))
+
+
+class EraseDiffObjective(ForgetObjective):
+    "EraseDiff (Wu et al. 2024): outer update on L_r + lambda * q with q = L_f(theta) - L_f(phi_K); see EraseDiffConfig."
+
+    def __init__(self, schedule: NoiseSchedule, config: EraseDiffConfig = EraseDiffConfig(),
+                 forget_classes: Optional[Sequence[int]] = None, seed: int = 0):
+        super().__init__(schedule, config, forget_classes, seed)
+        self.round: Optional[int] = None    # the round whose inner loop was run
+        self.lf_phi: Optional[float] = None # L_f(phi_K) recorded for it
+        self.phi: Optional[dict[str, torch.Tensor]] = None  # phi_K itself (q_estimate='paired')
+        self.inner_log: list[dict] = []     # one entry per round
+        self.step_gen: Optional[torch.Generator] = None
+
     def inner_loop(self, model: nn.Module, batches: PairedBatches, generator: torch.Generator) -> dict:
         """K steps of gradient descent on L_f from a snapshot of theta; records L_f(phi_K); restores theta exactly."""
         cfg = self.config
@@ -377,10 +404,8 @@ class EraseDiffObjective(FinetuneObjective):
         return {"L_f_inner": losses, "L_f_phiK": lf_phi}
 
     def on_step_start(self, model: nn.Module, step: int, batches: PairedBatches, generator: torch.Generator) -> None:
-        if self.forget_classes is None:
-            self.forget_classes = forgotten_classes(batches.forget.ds, batches.remain.ds)
+        super().on_step_start(model, step, batches, generator)
         r = step // self.config.steps_per_round
-        self.step_gen = _substream(generator, 2, step)      # draws of this step's forget loss
         if r != self.round:
             log = self.inner_loop(model, batches, _substream(generator, 1, r))
             self.inner_log.append({"round": r, "step": step, **log})
@@ -393,8 +418,7 @@ class EraseDiffObjective(FinetuneObjective):
         L_r = self.remain_loss(model, remain, generator)
         g_r = _grads(L_r, params)
         rng = _rng_state(params[0].device)                           # dropout masks of the L_f(theta) forward
-        L_f, draws = self.forget_loss(model, forget, self.step_gen or generator)
-        self.step_gen = None
+        L_f, draws = self.step_forget_loss(model, forget)
         g_f = _grads(L_f, params)                                    # grad q = grad L_f(theta): phi_K is a constant
         if cfg.q_estimate == "paired" and self.phi is not None:     # same draws and same dropout masks: an exact difference
             with torch.no_grad(), _replayed_rng(rng):
@@ -413,22 +437,33 @@ class EraseDiffObjective(FinetuneObjective):
 # %% ../nbs/03_unlearn.ipynb #d5b37263
 @dataclass(frozen=True)
 class Method:
-    "An unlearning method: its config class and a factory (schedule, config) -> objective for `fit`."
+    """An unlearning method: its config class, a factory (schedule, config, forget_classes, seed) -> objective for
+    `fit`, and its calibrated settings per preset (`defaults`: overrides of the shared budget, see `default_config`)."""
     name: str
     config_cls: type
     make: Callable[..., object]              # (schedule, config, forget_classes, seed) -> objective
     description: str = ""
+    defaults: dict = field(default_factory=dict)   # {preset name: {field: value}}
 
 
 METHODS: dict[str, Method] = {
     "erasediff": Method("erasediff", EraseDiffConfig, EraseDiffObjective,
                         "EraseDiff: L_r + lambda * (L_f(theta) - L_f(phi_K)), first-order bilevel (BOME)"),
-    "finetune": Method("finetune", FinetuneConfig, FinetuneObjective, "Finetune on D_r only (EraseDiff with lambda = 0)"),
+    "finetune": Method("finetune", FinetuneConfig, FinetuneObjective, "Finetune on D_r only (EraseDiff with lambda = 0)",
+                       # cifar10: the released train_ft with cifar10_forget.yml (50 Adam steps, batch 128, lr 1e-4, EMA 0.9999)
+                       {"cifar10": dict(epochs=1, rounds=1, rem_num=50 * 128, batch_size=128, lr=1e-4, ema_decay=0.9999,
+                                        p_uncond=0.1)}),
 }
 
 
+def _register_baselines() -> None:
+    "The baselines live in erasediff.baselines (built on this module) and register themselves in METHODS on import."
+    import erasediff.baselines  # noqa: F401
+
+
 def get_method(name: str) -> Method:
-    "The method `name` of METHODS."
+    "The method `name` of METHODS (EraseDiff, Finetune and the baselines of `erasediff.baselines`)."
+    _register_baselines()
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
     return METHODS[name]
@@ -476,8 +511,10 @@ def default_config(preset: str | Preset = "digits", method: str = "erasediff",
     if m.config_cls is EraseDiffConfig:
         if forget_loss is None or forget_loss == base.forget_loss: return base
         return replace(base, forget_loss=forget_loss, **LOSS_DEFAULTS.get(name, {}).get(forget_loss, {}))
-    shared = {f.name: getattr(base, f.name) for f in fields(UnlearnConfig)}
-    return m.config_cls(**{k: v for k, v in shared.items() if k in {f.name for f in fields(m.config_cls)}})
+    names = {f.name for f in fields(m.config_cls)}
+    shared = {f.name: getattr(base, f.name) for f in fields(ForgetLossConfig) if f.name in names}
+    if forget_loss is not None and "forget_loss" in names: shared["forget_loss"] = forget_loss
+    return m.config_cls(**{**shared, **m.defaults.get(name, {})})
 
 # %% ../nbs/03_unlearn.ipynb #c49a47f8
 PEER_W = 1.0   # the peers' protocol: guidance scale 2.0, i.e. w = 1 in eps = (1 + w) eps(x, c) - w eps(x, null)
@@ -576,7 +613,7 @@ def _resolve_config(preset: Preset, method: str, config, conditional: Optional[b
     loss's calibrated settings."""
     m = get_method(method)
     loss = None
-    if m.config_cls is EraseDiffConfig:
+    if issubclass(m.config_cls, ForgetLossConfig):
         loss = config.get("forget_loss") if isinstance(config, dict) else None
         if loss is None and conditional is False: loss = "uniform"
     base = default_config(preset, method, loss)
@@ -792,7 +829,7 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
         acc, x, _ = sample_accuracy(m, clf, schedule, sampler, fclasses, len(train.classes), n_eval, seed=seed, progress=progress)
         return {**acc, **res}, x
     before, x_before = measure_model(model)
-    batches = PairedBatches(splits.remain, splits.forget, config.batch_size, config.forget_batch_size, seed=seed)
+    batches = objective.make_batches(splits.remain, splits.forget, seed=seed)
     params = [p for _, p in select_params(model, config.params)]
     res = fit(model, objective, batches, config.loop(seed), params=params, progress=progress, callback=callback,
               desc=method)

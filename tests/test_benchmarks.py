@@ -41,3 +41,29 @@ def test_sweep_unlearn_honours_parameter_subset():
     with pytest.raises(ValueError, match="match no parameter"):
         load("sweep_unlearn").main(["--grid", '[{"epochs": 1, "rem_num": 64, "params": ["no_such_layer"]}]',
                                     "--n-forget", "1", "--n-remain", "1"])
+
+
+def test_bench_methods_prints_one_row_per_method_and_the_speed_ratios(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+    from erasediff.train import reference_path
+    try:
+        reference_path("digits", "unscrubbed"); reference_path("digits", "classifier")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"shipped digits models not available: {e}")
+    import erasediff.unlearn as U
+    real = U.default_config
+    tiny = dict(epochs=1, rounds=1, rem_num=64, batch_size=32, forget_batch_size=16)   # 2 steps per method
+    extra = {"sa": dict(replay_per_class=2, replay_steps=2, fisher_images=2, fisher_timesteps=2)}
+    monkeypatch.setattr(U, "default_config", lambda p, m, *a: replace(real(p, m, *a), **tiny, **extra.get(m, {})))
+    out = tmp_path / "m.json"
+    load("bench_methods").main(["--methods", "erasediff", "sa", "salun", "--check-every", "1", "--probe-forget", "2",
+                                "--n-forget", "2", "--n-remain", "2", "--json", str(out)])
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["erasediff", "sa", "salun"]
+    assert all(r["default_steps"] == 2 and r["max_steps"] == 8 and len(r["probes"]) >= 1 for r in rows)
+    assert all(0 <= r["eval"]["forget_w0"] <= 1 and r["eval"]["fd_remain"] >= 0 and 0 <= r["eval"]["mia_auc"] <= 1
+               for r in rows)
+    assert rows[1]["prep_s"] > 0
+    for m in ("| erasediff |", "| sa |", "| salun |", "speed EraseDiff vs sa", "speed EraseDiff vs salun"):
+        assert m in text, m

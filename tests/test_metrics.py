@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -118,6 +119,39 @@ def test_frechet_by_class_groups():
     assert M.frechet_by_class(feats[:1], labels[:1], feats, labels, forget_classes=[2])["per_class"][0] is None
 
 
+# --- error bars: the bootstrap ------------------------------------------------------------------------------------
+
+def test_bootstrap_indices_and_mean():
+    strata = np.repeat([0, 1, 2], [5, 7, 9])
+    idx = M.bootstrap_indices(21, 50, seed=3, tag="t", strata=strata)
+    assert idx.shape == (50, 21) and (strata[idx] == strata[None]).all()          # each class resampled within itself
+    np.testing.assert_array_equal(idx, M.bootstrap_indices(21, 50, seed=3, tag="t", strata=strata))  # seeded
+    assert not np.array_equal(idx, M.bootstrap_indices(21, 50, seed=3, tag="u", strata=strata))
+    hits = (np.random.default_rng(0).random(400) < 0.3).astype(float)            # a proportion p over n = 400 samples
+    eb = M.bootstrap_mean(hits, n_boot=2000)
+    p = hits.mean()
+    assert eb["value"] == p and eb["std"] == pytest.approx(np.sqrt(p * (1 - p) / 400), rel=0.1)
+    assert eb["ci95"][0] < p < eb["ci95"][1]
+    assert M.bootstrap_mean([], n_boot=10) == {"value": None, "std": None, "ci95": None}
+    assert M.bootstrap_mean(hits, n_boot=0)["std"] is None
+
+
+def test_bootstrap_frechet_is_the_distance_of_each_resample():
+    rng = np.random.default_rng(0)
+    for n, d in ((30, 50), (200, 20)):                                   # the n x n route and the d x d route
+        g, r = rng.normal(size=(n, d)), rng.normal(size=(150, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.2
+        mu_r, s_r = (torch.as_tensor(a) for a in M.feature_stats(r))
+        w, V = torch.linalg.eigh(s_r)
+        root = (V * w.clamp_min(0).sqrt()) @ V.T
+        idx = torch.as_tensor(M.bootstrap_indices(n, 3, seed=1))
+        fast = M._frechet_to_reference(torch.as_tensor(g)[idx], mu_r, root, float(torch.trace(s_r)))
+        slow = [M.frechet_from_features(g[i.numpy()], r) for i in idx]
+        np.testing.assert_allclose(fast.numpy(), slow, rtol=1e-6)
+    eb = M.bootstrap_frechet(g, r, n_boot=100)
+    assert eb["value"] == pytest.approx(M.frechet_from_features(g, r)) and eb["std"] > 0
+    assert eb["ci95"][0] < eb["value"] < eb["ci95"][1]                      # re-centred: duplicates inflate resampled FDs
+
+
 # --- Inception through clean-fid, offline -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -152,6 +186,41 @@ def test_inception_weights_resolution(tmp_path, inception_dir, monkeypatch):
     monkeypatch.setenv("ERASEDIFF_INCEPTION", str(inception_dir))
     assert M.default_inception_path() == inception_dir / M.INCEPTION_FILE
     assert M.resolve_inception_weights() == inception_dir / M.INCEPTION_FILE
+
+
+def test_inception_path_rule_refuses_misnamed_files(tmp_path, monkeypatch):
+    "One rule for $ERASEDIFF_INCEPTION, weights= and path=: a folder holding inception-2015-12-05.pt, or that file."
+    mine = tmp_path / "my_inception.pt"
+    mine.write_bytes(b"weights under another name")
+    monkeypatch.setenv("ERASEDIFF_INCEPTION", str(mine))
+    for call in (M.default_inception_path, M.resolve_inception_weights, M.write_inception_weights):
+        with pytest.raises(ValueError, match=r"ERASEDIFF_INCEPTION.*inception-2015-12-05\.pt"):
+            call()
+    monkeypatch.delenv("ERASEDIFF_INCEPTION")
+    with pytest.raises(ValueError, match=r"weights.*inception-2015-12-05\.pt"):
+        M.resolve_inception_weights(tmp_path / "absent" / "other.pt")          # misnamed and missing: the name is the error
+    with pytest.raises(ValueError, match=r"path.*inception-2015-12-05\.pt"):
+        M.write_inception_weights(mine)
+    monkeypatch.setenv("ERASEDIFF_INCEPTION", str(tmp_path / "new_folder"))   # a folder not made yet: the file inside it
+    assert M.default_inception_path() == tmp_path / "new_folder" / M.INCEPTION_FILE
+    monkeypatch.setenv("ERASEDIFF_INCEPTION", str(tmp_path / M.INCEPTION_FILE))
+    assert M.default_inception_path() == tmp_path / M.INCEPTION_FILE
+
+
+def test_evaluate_checkpoint_checks_inception_path_before_any_work(tmp_path, monkeypatch):
+    mine = tmp_path / "my_inception.pt"
+    mine.write_bytes(b"x")
+    def no_work(*a, **k): raise AssertionError("generated samples before checking the Inception weights path")
+    monkeypatch.setattr(M, "generate", no_work)
+    monkeypatch.setattr(M, "load_unet", no_work)
+    with pytest.raises(ValueError, match=r"inception_weights.*inception-2015-12-05\.pt"):
+        M.evaluate_checkpoint(tmp_path / "ck", toy_preset(), out=tmp_path / "o", classifier=OracleClassifier(),
+                              inception=True, inception_weights=mine, progress=False)
+    monkeypatch.setenv("ERASEDIFF_INCEPTION", str(mine))
+    with pytest.raises(ValueError, match="ERASEDIFF_INCEPTION"):
+        M.evaluate_checkpoint(tmp_path / "ck", toy_preset(), out=tmp_path / "o", classifier=OracleClassifier(),
+                              inception=True, progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_to_uint8_rgb():
@@ -198,19 +267,105 @@ def test_eval_mode_restores_training_flag():
     assert clf.training
 
 
+def test_forget_class_confidence_tells_other_class_from_noise():
+    "Class 2 drawn as a confident 0 (low entropy, low p(2)); class 8 drawn as noise (uniform logits: entropy log K)."
+    labels = torch.tensor([2, 2, 8, 8, 5])
+    logits = torch.zeros(5, 10)
+    logits[:2, 0] = 20.0                     # the classifier is sure these are 0s
+    logits[4, 5] = 20.0
+    r = M.forget_class_confidence(None, torch.zeros(5, 1, 4, 4), labels, (2, 8), logits=logits, n_boot=50)
+    assert set(r["per_class"]) == {2, 8} and r["per_class"][2]["n"] == 2
+    assert r["per_class"][2]["entropy"] < 1e-6 and r["per_class"][2]["p_forget"] < 1e-6 and r["per_class"][2]["accuracy"] == 0
+    assert r["per_class"][8]["entropy"] == pytest.approx(np.log(10)) and r["per_class"][8]["p_forget"] == pytest.approx(0.1)
+    assert r["entropy"] == pytest.approx(np.log(10) / 2) and r["max_entropy"] == pytest.approx(np.log(10))
+    assert r["error_bars"]["entropy"]["value"] == pytest.approx(r["entropy"]) and r["error_bars"]["entropy"]["std"] == pytest.approx(0, abs=1e-9)
+    # through the classifier: the oracle reads the one-hot pixel, so a faithful class-2 sample has p(2) > 1/K
+    good = M.forget_class_confidence(OracleClassifier(), onehot_images(torch.tensor([2, 8])), torch.tensor([2, 8]), (2, 8))
+    assert good["accuracy"] == 1.0 and good["p_forget"] > 0.1 and good["entropy"] < np.log(10)
+    assert "error_bars" not in good
+
+
 # --- membership inference --------------------------------------------------------------------------------------
 
 def test_attack_metrics_known_answers():
-    perfect = M.attack_metrics([5.0, 6.0, 7.0], [0.0, 1.0])
-    assert perfect == {"accuracy": 1.0, "auc": 1.0, "tpr_at_1_fpr": 1.0}
+    perfect = M.attack_metrics([5.0, 6.0, 7.0], [0.0, 1.0])        # cross-fitted: every fold's threshold separates
+    assert (perfect["accuracy"], perfect["auc"], perfect["tpr_at_1_fpr"]) == (1.0, 1.0, None)   # 2 non-members: no TPR at 1 %
     assert M.attack_metrics([0.0, 1.0], [5.0, 6.0])["auc"] == 0.0
-    chance = M.attack_metrics([0.0, 1.0, 2.0], [0.0, 1.0, 2.0])
-    assert chance["auc"] == 0.5 and chance["accuracy"] == 0.5
-    # 100 non-members 0..99; half the members above all of them, half at 50: at 1% FPR, TPR = 0.5
-    r = M.attack_metrics([200.0] * 10 + [50.5] * 10, np.arange(100.0))
+    assert M.attack_metrics([0.0, 1.0, 2.0], [0.0, 1.0, 2.0], threshold=1.0)["accuracy"] == pytest.approx(0.5)
+    assert M.attack_metrics([0.0, 1.0, 2.0], [0.0, 1.0, 2.0])["auc"] == 0.5
+    # 1000 non-members 0..999; half the members above all of them, half at 985.5 (14 false positives = 1.4 % FPR to
+    # reach them): at 1 % FPR, TPR = 0.5
+    r = M.attack_metrics([2000.0] * 10 + [985.5] * 10, np.arange(1000.0))
     assert r["tpr_at_1_fpr"] == 0.5
     with pytest.raises(ValueError, match="members"):
         M.attack_metrics([], [1.0])
+
+
+def test_best_threshold_and_fixed_threshold():
+    tau, acc = M.best_threshold([3.0, 4.0, 5.0], [0.0, 1.0])
+    assert tau == 2.0 and acc == 1.0                                 # midway between the adjacent scores 1 and 3
+    assert M.best_threshold([0.0, 1.0], [5.0, 6.0]) == (np.inf, 0.5)  # no cut helps: nobody is a member
+    assert M.balanced_accuracy_at([3.0, 4.0, 5.0], [0.0, 1.0], 3.5) == pytest.approx(0.5 * (2 / 3 + 1))
+    assert M.auc_score([1.0, 2.0], [1.0, 0.0]) == pytest.approx((1.5 + 2) / 4)   # a tie counts 1/2
+
+
+def test_tpr_at_low_fpr_only_with_enough_nonmembers():
+    m = np.full(20, 5000.0)
+    assert M.tpr_at_fpr(m, np.arange(999.0)) is None                  # 999 x 1 % < 10 possible false positives
+    assert M.tpr_at_fpr(m, np.arange(1000.0)) == 1.0
+    r = M.mia_from_losses(torch.zeros(30, 1), torch.ones(70, 1), (10,), n_shuffles=0, n_boot=0)
+    assert r["mean"]["tpr_at_1_fpr"] is None and "70 non-members" in r["tpr_note"]
+
+
+def _null_draw(rng, shift=0.0, k=1):
+    "Per-sample losses (M, k) of 281 members and 70 non-members, and a calibration set of 290 vs 290; members lower by shift."
+    L = torch.tensor(rng.normal(size=(281 + 70 + 290 + 290, k)))
+    return L[:281] - shift, L[281:351], (L[351:641] - shift, L[641:])
+
+
+def test_mia_without_signal_is_at_chance():
+    """Members and non-members from one distribution: over 200 draws of 281 vs 70 the attack's accuracy averages 0.5
+    within 3 standard errors, calibrated or cross-fitted; the old in-sample best threshold averages ~0.54."""
+    rng = np.random.default_rng(0)
+    cal, cross, insample, auc, above = [], [], [], [], []
+    for i in range(200):
+        lm, ln, calib = _null_draw(rng)
+        r = M.mia_from_losses(lm, ln, (10,), calibration=calib, n_shuffles=50, n_boot=0, seed=i)
+        cal.append(r["mean"]["accuracy"]); auc.append(r["mean"]["auc"]); above.append(r["chance"]["mean"]["accuracy"]["exceeds"])
+        cross.append(M.mia_from_losses(lm, ln, (10,), n_shuffles=0, n_boot=0, seed=i)["mean"]["accuracy"])
+        insample.append(M.best_threshold(-lm[:, 0].numpy(), -ln[:, 0].numpy())[1])
+    for name, v in (("calibrated", cal), ("cross-fitted", cross), ("auc", auc)):
+        v = np.array(v)
+        se = v.std(ddof=1) / np.sqrt(len(v))
+        assert abs(v.mean() - 0.5) < 3 * se, (name, v.mean(), se)
+    v = np.array(insample)
+    assert v.mean() - 0.5 > 3 * v.std(ddof=1) / np.sqrt(len(v))      # the biased estimate this protocol replaces
+    assert np.mean(above) < 0.1                                       # mean + 2 std of the shuffles: ~2.5 % false alarms
+
+
+def test_mia_strong_signal_beats_shuffle_baseline():
+    lm, ln, calib = _null_draw(np.random.default_rng(1), shift=2.5, k=3)   # per timestep: AUC Phi(2.5 / sqrt 2) = 0.96
+    r = M.mia_from_losses(lm, ln, (10, 50, 100), calibration=calib, seed=0)
+    assert r["mean"]["accuracy"] > 0.85 and r["mean"]["auc"] > 0.93 and r["avg_loss"]["accuracy"] > 0.93
+    for key in ("mean", "avg_loss"):
+        for stat in ("accuracy", "auc"):
+            ch = r["chance"][key][stat]
+            assert abs(ch["mean"] - 0.5) < 0.02 and ch["std"] > 0 and ch["exceeds"] is True
+            eb = r["error_bars"][key][stat]
+            assert eb["value"] == r[key][stat] and eb["std"] > 0 and eb["ci95"][0] <= eb["value"] <= eb["ci95"][1]
+    assert r["chance"]["n_shuffles"] == 200 and set(r["chance"]["per_timestep"]) == {10, 50, 100}
+
+
+def test_mia_threshold_comes_from_calibration_only():
+    "A calibration set whose threshold lies below every target score: all called members, accuracy 0.5, AUC untouched."
+    lm, ln = torch.zeros(50, 1), torch.ones(20, 1)                     # perfectly separable target (scores -loss)
+    far = (torch.full((30, 1), 10.0), torch.full((30, 1), 11.0))       # calibration scores -10 vs -11: tau = -10.5
+    r = M.mia_from_losses(lm, ln, (10,), calibration=far, n_boot=0)
+    assert r["per_timestep"][10]["threshold"] == -10.5 and r["per_timestep"][10]["calibration_accuracy"] == 1.0
+    assert r["mean"]["accuracy"] == 0.5 and r["mean"]["auc"] == 1.0
+    assert r["n_calibration_members"] == 30 and r["protocol"].startswith("calibrated")
+    with pytest.raises(ValueError, match="calibration"):
+        M.mia_from_losses(lm, ln, (10,), calibration=(torch.zeros(3, 2), torch.zeros(3, 2)))
 
 
 class Memorizer(nn.Module):
@@ -234,7 +389,10 @@ def test_membership_inference_on_a_memorizer():
     members, nonmembers = x[:30], x[30:60]
     model = Memorizer(members, sched)
     r = M.membership_inference(model, sched, (members, None), (nonmembers, None), timesteps=(10, 50))
-    assert r["mean"] == {"accuracy": 1.0, "auc": 1.0, "tpr_at_1_fpr": 1.0}
+    assert r["mean"] == {"accuracy": 1.0, "auc": 1.0, "tpr_at_1_fpr": None}       # 30 non-members: no TPR at 1 % FPR
+    cal = M.membership_inference(model, sched, (members, None), (nonmembers, None), timesteps=(10, 50),
+                                 calibration=((members[:10], None), (x[60:80], None)))
+    assert cal["mean"]["accuracy"] == 1.0 and cal["n_calibration_nonmembers"] == 20
     assert r["avg_loss"]["auc"] == 1.0
     assert r["per_timestep"][10]["loss_members"] < 1e-8 < r["per_timestep"][10]["loss_nonmembers"]
     assert r["n_members"] == 30 and r["timesteps"] == [10, 50]
@@ -374,6 +532,67 @@ def test_gradient_conflict_on_unet():
         M.gradient_conflict(model, sched, same, same, forget_noise="laplace")
 
 
+@pytest.fixture(scope="module")
+def trained_tiny():
+    "A tiny UNet after 60 Adam steps on digits: its gradients are no longer all alike (an untrained one gives cos ~0.97)."
+    sched = NoiseSchedule()
+    x, y = load_digits_set("train").tensors()
+    model = make_tiny()
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        i = torch.randint(0, len(x), (64,), generator=g)
+        loss = eps_loss(model, x[i], y[i], sched, generator=g)
+        opt.zero_grad(); loss.backward(); opt.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def test_method_loss_gradient_with_itself_is_one():
+    sched = NoiseSchedule()
+    model = make_tiny(dropout=0.5).train()                 # dropout: only eval mode makes two passes agree
+    x, y = load_digits_set("train").tensors()
+    l_r, l_f, cfg = M.unlearning_losses(sched, "deviate", (2, 8), preset="digits")
+    assert cfg.p_uncond == 0 and cfg.forget_loss == "deviate"
+    fb, rb = (x[y == 2][:16], y[y == 2][:16]), (x[y == 5][:16], y[y == 5][:16])
+    for loss, b in ((l_f, fb), (l_r, rb)):
+        assert M.loss_gradient_cosine(model, loss, b, loss, b, seed_a=3, seed_b=3)["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert M.loss_gradient_cosine(model, l_f, fb, l_f, fb, seed_a=3, seed_b=4)["cosine"] < 1 - 1e-5   # other draws
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_conflict_remain_vs_remain(trained_tiny):
+    "Two independent batches of D_r with independent draws: positive, clearly below 1, spread over pairs, reproducible."
+    sched = NoiseSchedule()
+    x, y = load_digits_set("train").tensors()
+    keep = ~torch.isin(y, torch.tensor([2, 8]))
+    l_r, _, _ = M.unlearning_losses(sched, "deviate", (2, 8), preset="digits")
+    runs = [M.gradient_conflict_pairs(trained_tiny, l_r, (x[keep], y[keep]), l_r, None, n_pairs=8, batch_size_a=32, seed=s)
+            for s in (0, 1)]
+    for r in runs:
+        assert len(r["per_pair"]) == 8 and r["batch_size_a"] == r["batch_size_b"] == 32
+        assert 0 < r["cosine"] < 0.99 and r["std"] > 0 and np.std(r["per_pair"]) > 0
+        assert r["cosine"] == pytest.approx(np.mean(r["per_pair"]))
+    se = np.sqrt((runs[0]["std"] ** 2 + runs[1]["std"] ** 2) / 8)
+    assert abs(runs[0]["cosine"] - runs[1]["cosine"]) < 4 * se        # two estimates of one expectation agree
+    again = M.gradient_conflict_pairs(trained_tiny, l_r, (x[keep], y[keep]), l_r, None, n_pairs=8, batch_size_a=32, seed=0)
+    assert again["per_pair"] == runs[0]["per_pair"]
+
+
+def test_method_gradient_conflict_names_its_loss():
+    sched = NoiseSchedule()
+    x, y = load_digits_set("train").tensors()
+    f = torch.isin(y, torch.tensor([2, 8]))
+    kw = dict(n_pairs=2, batch_size=8, forget_batch_size=8)
+    r = M.method_gradient_conflict(make_tiny(), sched, (x[~f], y[~f]), (x[f], y[f]), (2, 8), preset="digits", **kw)
+    assert r["forget_loss"] == "deviate" and len(r["per_pair"]) == 2 and -1 <= r["cosine"] <= 1   # the preset's default
+    assert r["batch_size_remain"] == 8 and "eval" in r["mode"]
+    r = M.method_gradient_conflict(make_tiny(), sched, (x[~f], y[~f]), (x[f], y[f]), (2, 8), forget_loss="gaussian", **kw)
+    assert r["forget_loss"] == "gaussian"
+    r = M.method_gradient_conflict(make_tiny(num_classes=None), sched, (x[~f], None), (x[f], None), (2, 8), **kw)
+    assert r["forget_loss"] == "uniform" and "unconditional" in r["forget_loss_note"]
+
+
 def test_summarize_seeds():
     runs = [{"a": {"b": 1.0, "c": None}, "n": 3, "flag": True}, {"a": {"b": 3.0}, "n": 5}]
     agg = M.summarize_seeds(runs)
@@ -417,6 +636,34 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     md = (out / "metrics.md").read_text()
     assert "| metric | value |" in md and "MIA on D_f" in md and "| 2 | yes |" in md
     assert "worst guidance scale" in md and "w = 0" in md and "What the classifier calls" in md
+    # error bars beside every sample-based figure, under the metric's own path in m["error_bars"]
+    eb = m["error_bars"]
+    bars = [(eb["accuracy_by_w"][w][g], m["accuracy_by_w"][w][g]) for w in m["accuracy_by_w"] for g in ("forget", "remain")]
+    bars += [(eb["accuracy"][g], m["accuracy"][g]) for g in ("forget", "remain")]
+    bars += [(eb["classifier_fd"][g], m["classifier_fd"][g]) for g in ("forget", "remain")]
+    bars += [(eb["precision_recall"][g][k], m["precision_recall"][g][k]) for g in ("forget", "remain") for k in ("precision", "recall")]
+    bars += [(eb["mia"][k][s], m["mia"][k][s]) for k in ("mean", "avg_loss") for s in ("accuracy", "auc")]
+    bars += [(eb[k][g], m[k][g]) for k in ("kl", "loss") for g in ("forget_mean", "remain_mean")]
+    bars += [(eb["forget_confidence"][w][k], m["forget_confidence"][w][k]) for w in m["forget_confidence"] for k in ("entropy", "p_forget")]
+    for bar, value in bars:
+        assert bar["value"] == pytest.approx(value) and bar["std"] >= 0 and bar["ci95"][0] <= bar["ci95"][1]
+    assert eb["classifier_fd"]["forget"]["std"] > 0 and eb["mia"]["mean"]["auc"]["std"] > 0
+    assert m["bootstrap"]["n_boot"] == 200
+    # the honest attack: calibrated on D_r vs held-out D_r, chance baseline, no TPR at 1 % from 70 non-members
+    assert m["mia"]["n_calibration_nonmembers"] == 290 and m["mia"]["n_calibration_members"] == 290
+    assert "held-out D_r" in m["mia"]["protocol"] and m["mia"]["mean"]["tpr_at_1_fpr"] is None
+    assert {"mean", "std", "exceeds"} <= set(m["mia"]["chance"]["mean"]["auc"])
+    assert "n/a (70 non-members)" in md and "chance 0.5" in md and " ± " in md
+    # Selective Amnesia's measures at every guidance scale, per forgotten class
+    assert set(m["forget_confidence"]) == set(m["accuracy_by_w"])
+    for w, r in m["forget_confidence"].items():
+        assert set(r["per_class"]) == {"2", "8"} and r["accuracy"] == m["accuracy_by_w"][w]["forget"]
+        assert 0 <= r["entropy"] <= r["max_entropy"] and 0 <= r["p_forget"] <= 1
+    assert "p(forgotten class)" in md
+    # gradient conflict of the method's own loss (the preset's default: 'deviate'), several pairs
+    gc = m["gradient_conflict"]
+    assert gc["forget_loss"] == "deviate" and gc["n_pairs"] == 8 and len(gc["per_pair"]) == 8 and gc["std"] > 0
+    assert gc["forget_loss_source"] == "the preset's EraseDiff default" and "forget loss 'deviate'" in md
     with pytest.raises(FileExistsError, match="overwrite=True"):
         M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), progress=False)
     m2 = M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), overwrite=True, seed=1,
@@ -424,11 +671,29 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["seed"] == 1 and m2["seed"] == 1
 
 
-def test_evaluate_checkpoint_default_out_is_beside_the_checkpoint(tmp_path):
-    ck = save_unet(make_tiny(), tmp_path / "run" / "unet")
-    M.evaluate_checkpoint(ck, toy_preset(eval_per_class=2), classifier=OracleClassifier(), progress=False, mia_timesteps=(100,))
-    assert (tmp_path / "run" / "unet-eval" / "metrics.json").exists()
-    assert sorted(p.name for p in (tmp_path / "run" / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_evaluate_checkpoint_default_out_is_under_cwd(tmp_path, monkeypatch):
+    "out=None: runs/eval/<run name> under the working directory; nothing appears in the checkpoint's folder tree."
+    ck = save_unet(make_tiny(), tmp_path / "store" / "myrun" / "unet")
+    (tmp_path / "store" / "myrun" / "metrics.json").write_text(json.dumps({"method": "erasediff", "config": {"forget_loss": "uniform"}}))
+    before = _tree(tmp_path / "store")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    m = M.evaluate_checkpoint(ck, toy_preset(eval_per_class=2), classifier=OracleClassifier(), progress=False, mia_timesteps=(100,))
+    assert (tmp_path / "work" / "runs" / "eval" / "myrun" / "metrics.json").exists()
+    assert _tree(tmp_path / "store") == before
+    # the forget loss of the run that made the checkpoint, read from its metrics.json
+    assert m["gradient_conflict"]["forget_loss"] == "uniform" and "metrics.json" in m["gradient_conflict"]["forget_loss_source"]
+    # a run folder (with unet/) names the output the same way; a plain model folder by its own name
+    assert M.default_eval_out(tmp_path / "store" / "myrun") == Path("runs/eval/myrun")
+    assert M.default_eval_out("data/digits/unscrubbed") == Path("runs/eval/unscrubbed")
+    monkeypatch.chdir(tmp_path / "store" / "myrun")                       # runs/eval would land inside the checkpoint
+    with pytest.raises(ValueError, match="pass out="):
+        M.evaluate_checkpoint(ck, toy_preset(eval_per_class=2), classifier=OracleClassifier(), progress=False)
+    assert _tree(tmp_path / "store") == before
 
 
 def test_evaluate_checkpoint_unconditional_and_validation(tmp_path):

@@ -1,5 +1,7 @@
 """The notebooks are the product's front door: they must open in Jupyter/Colab and run headless under papermill."""
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,38 @@ def test_notebook_has_kernelspec(path):
     assert ks.get("name") == "python3", ks
 
 
-def test_unlearn_notebook_first_code_cell_is_parameters():
+def test_unlearn_notebook_installs_in_colab_then_takes_parameters():
+    "First code cell: the Colab install (a no-op elsewhere); the next one: papermill's parameters."
     nb = json.loads((Path(__file__).parents[1] / "nbs" / "03_unlearn.ipynb").read_text())
-    first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    colab = "".join(code[0]["source"])
+    assert 'if "google.colab" in sys.modules:' in colab and "pip" in colab and "install" in colab
+    assert "colab.research.google.com/github/erasediff/erasediff/blob/main/nbs/03_unlearn.ipynb" in "".join(
+        "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    first = code[1]
     assert "parameters" in first.get("metadata", {}).get("tags", []), first.get("metadata")
     src = "".join(first["source"])
     for name in ("forget_classes", "overrides", "seed", "quick"):
         assert f"\n{name} =" in "\n" + src, name
+
+
+CHAPTERS = [p for p in NBS if p.name[:2].isdigit()]
+MACHINE = re.compile(r"(?:/(?:tmp|home|root|Users|work|private/var|var/folders)/[\w.+-]+)|(?:[A-Za-z]:\\\\Users\\\\)")
+
+
+def test_chapters_found():
+    assert len(CHAPTERS) >= 7, CHAPTERS
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_notebook_shows_its_results(path):
+    "Committed with outputs: at least one figure, no error, nothing that names a path of the machine that ran it."
+    nb = json.loads(path.read_text())
+    outs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert any(k.startswith("image/") for o in outs for k in o.get("data", {})), f"{path.name}: no image output"
+    errors = [o.get("ename") for o in outs if o.get("output_type") == "error"]
+    assert not errors, f"{path.name}: error outputs {errors}"
+    text = json.dumps(outs)
+    for local in {str(Path(__file__).resolve().parents[1]), str(Path.home()), tempfile.gettempdir()}:
+        assert local not in text, f"{path.name}: an output names {local}"
+    assert not MACHINE.findall(text), f"{path.name}: machine paths in outputs {MACHINE.findall(text)[:3]}"

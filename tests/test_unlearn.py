@@ -11,7 +11,7 @@ from erasediff.core import NoiseSchedule, UNetConfig, load_unet, make_unet, save
 from erasediff.data import ForgetSpec, load_digits_set, make_splits
 from erasediff.train import DigitsClassifier, LoopConfig, fit
 from erasediff.core import q_sample
-from erasediff.unlearn import (METHODS, EraseDiffConfig, EraseDiffObjective, FinetuneConfig, FinetuneObjective,
+from erasediff.unlearn import (METHODS, EraseDiffConfig, get_method, EraseDiffObjective, FinetuneConfig, FinetuneObjective,
                                PairedBatches, adaptive_lambda, allowed_pseudo_classes, default_config, forget_noise,
                                guidance_scales, make_objective, pseudo_labels, select_params, unlearn)
 
@@ -187,7 +187,9 @@ def test_auto_lambda_rule(splits):
     g = torch.Generator().manual_seed(0)
     params = list(m.parameters())
     Lr = obj2.remain_loss(m, batch[0], g); gr = torch.autograd.grad(Lr, params, allow_unused=True)
-    Lf, _ = obj2.forget_loss(m, batch[1], g); gf = torch.autograd.grad(Lf, params, allow_unused=True)
+    # the forget loss draws from its own stream (step_forget_loss; seeded by the objective's seed outside the loop)
+    Lf, _ = obj2.forget_loss(m, batch[1], torch.Generator().manual_seed(obj2.seed))
+    gf = torch.autograd.grad(Lf, params, allow_unused=True)
     z = lambda g_, p: torch.zeros_like(p) if g_ is None else g_
     dot = sum((z(a, p).double() * z(b, p).double()).sum() for a, b, p in zip(gr, gf, params)).item()
     nf2 = sum((z(b, p).double() ** 2).sum() for b, p in zip(gf, params)).item()
@@ -230,14 +232,15 @@ def test_paired_batches_resume(splits):
 
 
 def test_registry():
-    assert {"erasediff", "finetune"} <= set(METHODS)
-    for name, m in METHODS.items():
+    get_method("erasediff")                                  # registers the baselines too
+    assert {"erasediff", "finetune", "neggrad", "salun"} <= set(METHODS)
+    for name, m in list(METHODS.items()):
         obj = make_objective(name, SCHED)
         assert hasattr(obj, "grads")
         assert isinstance(default_config("digits", name), m.config_cls)
     assert default_config("digits", "finetune").steps == default_config("digits").steps
     with pytest.raises(ValueError, match="method must be one of"):
-        make_objective("neggrad", SCHED)
+        make_objective("no_such_method", SCHED)
     with pytest.raises(ValueError, match="takes a EraseDiffConfig"):
         make_objective("erasediff", SCHED, FinetuneConfig())
 
@@ -297,7 +300,7 @@ def test_deviate_outer_gradient_is_hand_computed(splits):
     obj2 = EraseDiffObjective(SCHED, cfg, forget_classes=(2, 8))
     g = torch.Generator().manual_seed(0); params = list(m.parameters())
     gr = torch.autograd.grad(obj2.remain_loss(m, batch[0], g), params, allow_unused=True)
-    Lf, (noise, t, labels, pseudo) = obj2.forget_loss(m, batch[1], g)
+    Lf, (noise, t, labels, pseudo) = obj2.forget_loss(m, batch[1], torch.Generator().manual_seed(obj2.seed))  # own stream
     x_t = q_sample(batch[1][0], t, noise, SCHED)
     with torch.no_grad(): target = m(x_t, t, class_labels=pseudo).sample
     gf = torch.autograd.grad((m(x_t, t, class_labels=labels).sample - target).pow(2).flatten(1).mean(1).mean(), params,
@@ -419,7 +422,7 @@ def test_unlearn_no_overwrite(tmp_path, ckpt):
     (dict(config={"lam": -0.5}), ValueError, "lam"),
     (dict(config={"K": 0}), ValueError, "K"),
     (dict(config={"gamma": 1}), ValueError, "unknown field"),
-    (dict(method="neggrad"), ValueError, "method must be one of"),
+    (dict(method="no_such_method"), ValueError, "method must be one of"),
     (dict(preset="imagenet"), ValueError, "preset must be one of"),
     (dict(config=FinetuneConfig()), ValueError, "takes a EraseDiffConfig"),
     (dict(config={"params": ("nonexistent",)}), ValueError, "match no parameter"),
