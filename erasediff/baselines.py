@@ -25,6 +25,7 @@ from diffusers import UNet2DModel
 
 from .core import NoiseSchedule, SamplerConfig, atomic_write_bytes, eps_loss, generate, num_classes
 from .data import ImageSet, InfiniteBatches
+from .metrics import eval_mode
 from .train import DiffusionObjective, LoopConfig, fit
 from .unlearn import (METHODS, FinetuneObjective, ForgetLossConfig, ForgetObjective, Method, PairedBatches,
                                UnlearnConfig, _grads, _labels, _trainable, _weights_sha256)
@@ -180,17 +181,13 @@ def fisher_diagonal(model: nn.Module, images: torch.Tensor, labels: Optional[tor
     dev = next(model.parameters()).device
     ts = torch.linspace(0, schedule.T - 1, timesteps).round().long().to(dev)
     g = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in tqdm(range(len(images)), desc="Fisher diagonal", disable=not progress, leave=False):
             x = images[i:i + 1].to(dev).expand(timesteps, -1, -1, -1)
             y = None if labels is None or num_classes(model) is None else labels[i:i + 1].to(dev).expand(timesteps)
             noise = torch.randn(x.shape, generator=g).to(x)
             loss = eps_loss(model, x, y, schedule, noise=noise, t=ts) * x.numel()      # sum over pixels and timesteps
             for (n, p), gr in zip(named, _grads(loss, [p for _, p in named])): F[n] += gr.detach() ** 2
-    finally:
-        model.train(was_training)
     return {n: f / len(images) for n, f in F.items()}
 
 
@@ -334,15 +331,11 @@ def saliency_mask(model: nn.Module, forget: ImageSet, schedule: NoiseSchedule, f
     total = {n: torch.zeros_like(p) for n, p in named}
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(0, len(forget), batch_size):
             x, y = forget.batch(torch.arange(i, min(i + batch_size, len(forget))))
             loss = eps_loss(model, x.to(dev), _labels(model, y, dev), schedule, generator=g)
             for (n, _), gr in zip(named, _grads(loss, [p for _, p in named])): total[n] += gr.detach()
-    finally:
-        model.train(was_training)
     flat = torch.cat([t.abs().flatten() for t in total.values()])
     k = int(round(fraction * flat.numel()))
     keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
