@@ -25,8 +25,7 @@ def _cmd_train(args) -> int:
     from dataclasses import asdict
     from erasediff.core import NoiseSchedule
     from erasediff.train import class_recognition, get_preset, load_reference, ship_reference, train_reference
-    preset = get_preset(args.preset)
-    if args.device: preset = get_preset(args.preset, device=args.device)
+    preset = get_preset(args.preset, **({"device": args.device} if args.device else {})).with_data_root(args.data_root)
     res = train_reference(preset, args.what, args.out, forget_classes=args.forget, resume=args.resume,
                           overwrite=args.overwrite, steps=args.steps, seed=args.seed, progress=not args.quiet)
     summary = {"out": str(args.out), "wall_s": round(res.cost["wall_s"], 1), "final_loss": res.history[-1]["loss"]}
@@ -85,7 +84,7 @@ def _cmd_unlearn(args) -> int:
     from erasediff.data import ForgetSpec
     from erasediff.train import get_preset
     from erasediff.unlearn import unlearn
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset).with_data_root(args.data_root)
     given = [x for x in (args.forget, args.forget_attribute, args.forget_ids) if x]
     if len(given) > 1:
         raise ValueError("give only one of --forget, --forget-attribute, --forget-ids")
@@ -101,13 +100,19 @@ def _cmd_unlearn(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from erasediff.metrics import evaluate_checkpoint
-    m = evaluate_checkpoint(args.checkpoint, args.preset, reference_retrain=args.reference_retrain, out=args.out,
+    from erasediff.train import get_preset
+    preset = get_preset(args.preset).with_data_root(args.data_root) if args.data_root else args.preset
+    m = evaluate_checkpoint(args.checkpoint, preset, reference_retrain=args.reference_retrain, out=args.out,
                             n_per_class=args.n_per_class, seed=args.seed, overwrite=args.overwrite,
                             progress=not args.quiet, inception_weights=args.inception_weights, device=args.device)
     print(json.dumps(m, indent=2, default=str))
     return 0
 
 # %% ../nbs/09_cli.ipynb #c4c94441
+_DATA_ROOT_HELP = ("folder holding the dataset's files (torchvision layout; default ~/.cache/erasediff, "
+                  "downloaded there when missing); not for the built-in digits")
+
+
 def build_parser() -> argparse.ArgumentParser:
     "The `erasediff` argument parser with its subcommands."
     ap = argparse.ArgumentParser(prog="erasediff", description="Unlearning in diffusion models (EraseDiff and baselines).")
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     t.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     t.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
+    t.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--eval", action="store_true", help="measure the classifier's recognition of CFG samples")
@@ -152,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--eval-per-class", type=int, default=None, help="CFG samples per class for the accuracy figures (0: skip)")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
+    u.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
     u.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     u.add_argument("--quiet", action="store_true", help="no progress bars")
     u.set_defaults(func=_cmd_unlearn)
@@ -164,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--inception-weights", default=None, help="local Inception TorchScript file for FID (offline)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default=None)
+    e.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)

@@ -10,6 +10,7 @@ Docs: https://erasediff.github.io/erasediff/data.html.md"""
 # %% ../nbs/01_data.ipynb #c3b53a76
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['CIFAR10_CLASSES', 'UTKFACE_RACES', 'DATASETS', 'ImageSet', 'load_digits_set', 'load_mnist', 'load_cifar10',
-           'load_celeba', 'load_folder', 'load_dataset', 'ForgetSpec', 'resolve_classes', 'Splits', 'make_splits',
-           'InfiniteBatches']
+__all__ = ['CIFAR10_CLASSES', 'UTKFACE_RACES', 'DATASETS', 'ImageSet', 'load_digits_set', 'DatasetUnavailableError', 'load_mnist',
+           'load_cifar10', 'load_celeba', 'load_folder', 'with_data_root', 'load_dataset', 'ForgetSpec',
+           'resolve_classes', 'Splits', 'make_splits', 'InfiniteBatches']
 
 # %% ../nbs/01_data.ipynb #066003b9
 class ImageSet(Dataset):
@@ -127,9 +128,42 @@ class _PILView:
     def __getitem__(self, i): return self.ds[i][0]
 
 
+class DatasetUnavailableError(FileNotFoundError):
+    "A dataset's files are not on disk and could not be downloaded; the message says from where to where."
+
+
+def _sources(cls) -> tuple[list[str], list[str], str]:
+    "(download addresses, file names, folder under root) of a torchvision dataset class."
+    if hasattr(cls, "url"):                                        # CIFAR-10: one archive
+        return [cls.url], [cls.filename], cls.base_folder
+    if hasattr(cls, "mirrors"):                                    # MNIST: 4 files, several mirrors
+        files = [f for f, _ in cls.resources]
+        return [m + files[0] for m in cls.mirrors], files, f"{cls.__name__}/raw"
+    files = [f[2] for f in getattr(cls, "file_list", [])]          # CelebA: Google Drive ids
+    return [f"https://drive.google.com/uc?id={f[0]}" for f in getattr(cls, "file_list", [])[:1]], files, cls.base_folder
+
+
+def _torchvision_dataset(name: str, cls_name: str, root: str | Path, download: bool, **kwargs):
+    """torchvision's `cls_name` under `root`; when its files are absent and cannot be downloaded, a
+    DatasetUnavailableError that names the addresses, the files, the folder they belong in and `--data-root`."""
+    cls = getattr(_torchvision().datasets, cls_name)
+    root = Path(root).expanduser()
+    try:
+        return cls(str(root), download=download, **kwargs)
+    except (OSError, RuntimeError) as e:                       # URLError is an OSError; torchvision's own are RuntimeErrors
+        urls, files, folder = _sources(cls)
+        why = f"{type(e).__name__}: {e}" if download else "download=False and the files are not there"
+        raise DatasetUnavailableError(
+            f"dataset {name!r}: its files are not in {root} and could not be downloaded from {urls[0]}"
+            f"{' (and mirrors)' if len(urls) > 1 else ''} ({why}). On a machine with internet access fetch "
+            f"{', '.join(files)}, copy {'it' if len(files) == 1 else 'them'} into {root / folder} (or {root} for an archive: "
+            f"torchvision extracts it on the next run), then rerun; or pass --data-root (Python: dataset_kwargs "
+            f"root=...) naming a folder that already holds them.") from e
+
+
 def load_mnist(root: str | Path = "~/.cache/erasediff", split: str = "train", image_size: int = 32, download: bool = True) -> ImageSet:
     "torchvision MNIST, resized to `image_size` (default 32), 1 channel, in [-1, 1]."
-    ds = _torchvision().datasets.MNIST(Path(root).expanduser(), train=split == "train", download=download)
+    ds = _torchvision_dataset("mnist", "MNIST", root, download, train=split == "train")
     return ImageSet(_PILView(ds), ds.targets, [str(i) for i in range(10)], transform=_to_unit_range(image_size, 1), name=f"mnist-{split}")
 
 
@@ -138,13 +172,13 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 def load_cifar10(root: str | Path = "~/.cache/erasediff", split: str = "train", image_size: int = 32, download: bool = True) -> ImageSet:
     "torchvision CIFAR-10 (32x32 RGB) in [-1, 1]."
-    ds = _torchvision().datasets.CIFAR10(Path(root).expanduser(), train=split == "train", download=download)
+    ds = _torchvision_dataset("cifar10", "CIFAR10", root, download, train=split == "train")
     return ImageSet(_PILView(ds), torch.tensor(ds.targets), CIFAR10_CLASSES, transform=_to_unit_range(image_size, 3), name=f"cifar10-{split}")
 
 
 def load_celeba(root: str | Path = "~/.cache/erasediff", split: str = "train", image_size: int = 64, download: bool = True) -> ImageSet:
     "torchvision CelebA, centre-cropped to 140 and resized to `image_size`; no class labels (-1), 40 binary attributes."
-    ds = _torchvision().datasets.CelebA(Path(root).expanduser(), split=split, target_type="attr", download=download)
+    ds = _torchvision_dataset("celeba", "CelebA", root, download, split=split, target_type="attr")
     n = len(ds)
     return ImageSet(_PILView(ds), torch.full((n,), -1), [], transform=_to_unit_range(image_size, 3, center_crop=140),
                     attributes=ds.attr.long(), attribute_names=[a for a in ds.attr_names if a], name=f"celeba-{split}")
@@ -200,6 +234,17 @@ DATASETS: dict[str, Callable[..., ImageSet]] = {
     "digits": load_digits_set, "mnist": load_mnist, "cifar10": load_cifar10,
     "celeba": load_celeba, "folder": load_folder,
 }
+
+
+def with_data_root(name: str, kwargs: dict, root: str | Path | None) -> dict:
+    "`kwargs` of dataset `name` with its files' folder set to `root` (None: unchanged); an error if `name` takes no root."
+    if root is None: return dict(kwargs)
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    if "root" not in inspect.signature(DATASETS[name]).parameters:
+        raise ValueError(f"--data-root (data_root): dataset {name!r} is built into the package and reads no files; "
+                         f"give it only for {sorted(k for k, f in DATASETS.items() if 'root' in inspect.signature(f).parameters)}")
+    return {**kwargs, "root": str(Path(root).expanduser())}
 
 
 def load_dataset(name: str, split: str = "train", **kwargs) -> ImageSet:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .core import (NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, atomic_dir, atomic_write_bytes,
                             atomic_write_json, eps_loss, generate, make_ema, make_unet, measure, num_classes, sha256_path)
-from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits
+from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
@@ -335,6 +335,10 @@ class Preset:
 
     def forget_spec(self, classes: Optional[Sequence] = None) -> ForgetSpec:
         return ForgetSpec(classes=tuple(self.forget_classes if classes is None else classes))
+
+    def with_data_root(self, root: str | Path | None) -> "Preset":
+        "This preset reading its dataset's files from `root` (None: unchanged); an error if the dataset reads no files."
+        return self if root is None else replace(self, dataset_kwargs=with_data_root(self.dataset, self.dataset_kwargs, root))
 
     def load_data(self) -> tuple[ImageSet, ImageSet]:
         return load_dataset(self.dataset, "train", **self.dataset_kwargs), load_dataset(self.dataset, "test", **self.dataset_kwargs)

@@ -48,3 +48,28 @@ def test_unlearn_unavailable_device_is_a_clear_error(tmp_path, capsys):
     if torch.cuda.is_available(): pytest.skip("needs a machine without CUDA")
     assert main(["unlearn", "--device", "cuda", "--out", str(tmp_path / "u"), "--quiet"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--what", "classifier"], ["unlearn"]])
+def test_dataset_that_cannot_be_downloaded_says_what_from_where_to_where(command, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torchvision")
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network in this test")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root, out = tmp_path / "cifar", tmp_path / "run"
+    rc = main([*command, "--preset", "cifar10", "--device", "cpu", "--data-root", str(root), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.splitlines()) == 1
+    for what in ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz", str(root),
+                 "no network in this test", "--data-root"):
+        assert what in err, what
+    assert not out.exists()
+
+
+def test_data_root_is_refused_for_the_built_in_dataset(tmp_path, capsys):
+    assert main(["train", "--what", "classifier", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--data-root" in err and "'digits'" in err and not (tmp_path / "r").exists()

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from erasediff.data import (ForgetSpec, ImageSet, InfiniteBatches, load_dataset, load_digits_set, load_mnist, make_splits,
+from erasediff.data import (DatasetUnavailableError, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, load_digits_set,
+                            load_mnist, make_splits,
                             resolve_classes)
 
 
@@ -140,3 +141,18 @@ def test_infinite_batches_resume_and_epochs(digits):
     assert all(torch.equal(a, next(it2)[0]) for a in after)
     with pytest.raises(ValueError, match="empty"):
         InfiniteBatches(train.subset([]), 4)
+
+
+def test_data_root_reaches_the_loader(tmp_path):
+    pytest.importorskip("torchvision")
+    from erasediff.train import get_preset
+    raw = tmp_path / "MNIST" / "raw"; raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", np.zeros((4, 28, 28)), 2051)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(4), 2049)
+    preset = get_preset("digits", dataset="mnist").with_data_root(tmp_path)
+    assert preset.dataset_kwargs == {"root": str(tmp_path)}
+    train, test = preset.load_data()
+    assert len(train) == len(test) == 4 and train[1][1] == 1
+    with pytest.raises(DatasetUnavailableError, match=r"mnist.*train-images-idx3-ubyte.*--data-root"):
+        load_mnist(tmp_path / "empty", "train", download=False)
