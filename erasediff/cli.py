@@ -1,5 +1,5 @@
 """A thin CLI over the library: `erasediff train`, `erasediff unlearn`, `erasediff evaluate`,
-`erasediff presets`. Every argument is checked before any work starts.
+`erasediff reproduce`, `erasediff presets`. Every argument is checked before any work starts.
 
 Docs: https://erasediff.github.io/erasediff/cli.html.md"""
 
@@ -108,6 +108,20 @@ def _cmd_evaluate(args) -> int:
     print(json.dumps(m, indent=2, default=str))
     return 0
 
+def _cmd_reproduce(args) -> int:
+    from dataclasses import replace
+    from erasediff.reproduce import RelearnConfig, ReproduceConfig, reproduce
+    rl = {k: v for k, v in (("n_images", args.relearn_images), ("steps", args.relearn_steps)) if v is not None}
+    cfg = ReproduceConfig(preset=args.preset, seeds=args.seeds, n_per_class=args.n_per_class, sweep=not args.no_sweep,
+                          relearn=replace(RelearnConfig(), **rl), device=args.device,
+                          data_root=str(args.data_root) if args.data_root else None,
+                          **({"methods": tuple(args.methods)} if args.methods else {}))
+    s = reproduce(cfg, args.out, progress=not args.quiet, figures=not args.no_figures)
+    print((Path(s["out"]) / "table.md").read_text())
+    print(json.dumps({"out": s["out"], "stages_computed": len(s["computed"]), "stages_reused": len(s["reused"]),
+                      "wall_s": round(s["wall_s"], 1)}, indent=2))
+    return 0
+
 # %% ../nbs/09_cli.ipynb #c4c94441
 _DATA_ROOT_HELP = ("folder holding the dataset's files (torchvision layout; default ~/.cache/erasediff, "
                   "downloaded there when missing); not for the built-in digits")
@@ -116,7 +130,7 @@ _DATA_ROOT_HELP = ("folder holding the dataset's files (torchvision layout; defa
 def build_parser() -> argparse.ArgumentParser:
     "The `erasediff` argument parser with its subcommands."
     ap = argparse.ArgumentParser(prog="erasediff", description="Unlearning in diffusion models (EraseDiff and baselines).")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,unlearn,evaluate,presets}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,unlearn,evaluate,reproduce,presets}")
     t = sub.add_parser("train", help="train a reference model (unscrubbed / retrain) or the evaluation classifier")
     t.add_argument("--preset", default="digits", help="preset name (see `erasediff presets`)")
     t.add_argument("--what", required=True, choices=["unscrubbed", "retrain", "classifier"])
@@ -175,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+    r = sub.add_parser("reproduce", help="every method x seed, evaluated, as the paper's table and figures (resumable)")
+    r.add_argument("--preset", default="digits", help="preset name (see `erasediff presets`)")
+    r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every method (default 3)")
+    r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS),
+                   help="unlearning methods of the table (default: all; the references always run)")
+    r.add_argument("--out", type=Path, default=None, help="results folder (default: results/<preset>); rerun to resume")
+    r.add_argument("--n-per-class", type=int, default=None, help="evaluation samples per class (default: the protocol's)")
+    r.add_argument("--relearn-images", type=int, default=None, help="forgotten images of the relearning attack (default 10)")
+    r.add_argument("--relearn-steps", type=int, default=None, help="finetuning steps of the relearning attack (default 100)")
+    r.add_argument("--no-sweep", action="store_true", help="skip EraseDiff's lambda/steps sweep (trade-off figure)")
+    r.add_argument("--no-figures", action="store_true", help="write the table only")
+    r.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
+    r.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_reproduce)
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=_cmd_presets)
     return ap

@@ -181,18 +181,26 @@ def error_bar(value, boot, *, recenter: bool = False) -> dict:
 
 def bootstrap_mean(values, *, n_boot: int = N_BOOT, seed: int = 0, tag: str = "", strata=None, weights=None) -> dict:
     """Error bar of the (weighted) mean of per-sample `values` (n,), resampling the samples (within `strata`, if given).
-    `weights` (n,) make it e.g. an average of per-class means: with stratified resamples they stay valid."""
+    `weights` (n,) make it e.g. an average of per-class means; each resampled value keeps its own weight, and each
+    replicate is normalised by the weights it drew."""
     v = np.asarray(values, np.float64).ravel()
     if len(v) == 0:
         return error_bar(None, [])
     w = np.ones_like(v) if weights is None else np.asarray(weights, np.float64).ravel()
     idx = bootstrap_indices(len(v), n_boot, seed=seed, tag=tag, strata=strata)
-    return error_bar((v * w).sum() / w.sum(), (v[idx] * w).sum(1) / w.sum())
+    return error_bar((v * w).sum() / w.sum(), (v[idx] * w[idx]).sum(1) / w[idx].sum(1))
+
+
+def _float64_device(device: str | torch.device) -> torch.device:
+    "Where float64 work asked for on `device` runs: `device` itself, or the CPU for Apple's MPS, which has no float64."
+    dev = torch.device(device)
+    return torch.device("cpu") if dev.type == "mps" else dev
 
 
 def _frechet_to_reference(gen: torch.Tensor, mu_r: torch.Tensor, root_r: torch.Tensor, tr_r: float) -> torch.Tensor:
     """Fréchet distances (B,) of B generated sets (B, n, D) to one reference N(mu_r, S_r) with root_r = S_r^(1/2):
-    tr sqrt(S_g S_r) = tr sqrt(root_r S_g root_r), a symmetric eigenproblem, of size n x n when n <= D."""
+    tr sqrt(S_g S_r) = tr sqrt(root_r S_g root_r), a symmetric eigenproblem, of size n x n when n <= D. float64 tensors,
+    on a device that has float64 (`_float64_device`)."""
     n, D = gen.shape[1], gen.shape[2]
     mu = gen.mean(1)
     c = gen - mu[:, None]
@@ -208,14 +216,15 @@ def bootstrap_frechet(gen_feats, real_feats, *, n_boot: int = N_BOOT, seed: int 
     """Error bar of the Fréchet distance between generated features (N1, D) and real ones (N2, D), resampling the
     generated samples (within `strata`, e.g. their classes); the real set is the fixed reference, as FID's precomputed
     statistics are. The interval is re-centred on the estimate (`error_bar(recenter=True)`: resampled sets hold
-    duplicates, which inflate the distance). `value`: the distance on the full sample if known. float64 on `device`."""
+    duplicates, which inflate the distance). `value`: the distance on the full sample if known. float64 on `device`
+    (on the CPU when `device` is Apple's MPS, which has no float64)."""
     g, r = _features_2d(gen_feats, "gen_feats"), _features_2d(real_feats, "real_feats")
     if len(g) < 2 or len(r) < 2:
         return error_bar(None, [])
     value = frechet_from_features(g, r) if value is None else value
     if n_boot < 2:
         return error_bar(value, [])
-    dev = torch.device(device)
+    dev = _float64_device(device)
     mu_r, s_r = (torch.as_tensor(a, dtype=torch.float64, device=dev) for a in feature_stats(r))
     w, V = torch.linalg.eigh(s_r)
     root_r = (V * w.clamp_min(0).sqrt()) @ V.T
@@ -549,20 +558,36 @@ def _scores(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
     return m, n
 
 
+def _sorted_best_thresholds(s: np.ndarray, y: np.ndarray, M: int, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """`best_threshold` of each row of scores s (S, L), sorted in decreasing order along the row, with member labels
+    y (S, L) (M members, N = L - M non-members in every row) -> thresholds (S,) and in-sample balanced accuracies (S,).
+    The order within a run of equal scores does not matter: no cut falls inside one."""
+    S, L = s.shape
+    tp = np.zeros((S, L + 1))                                         # the first k scores called members, k = 0..L
+    tp[:, 1:] = np.cumsum(y, 1, dtype=np.int32)
+    bacc = 0.5 * (tp / M + 1 - (np.arange(L + 1) - tp) / N)
+    bacc[:, 1:-1][s[:, :-1] == s[:, 1:]] = -1                         # no cut between equal scores
+    k, r = bacc.argmax(1), np.arange(S)
+    mid = (s[r, np.maximum(k - 1, 0)] + s[r, np.minimum(k, L - 1)]) / 2
+    return np.where(k == 0, np.inf, np.where(k == L, -np.inf, mid)), bacc[r, k]
+
+
+def _best_thresholds(m: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`best_threshold` of each row: member scores (S, M) and non-member scores (S, N) -> thresholds (S,) and their
+    in-sample balanced accuracies (S,); one sort per row."""
+    M, N = m.shape[1], n.shape[1]
+    s = np.concatenate([m, n], 1)
+    o = np.argsort(-s, axis=1, kind="stable")
+    return _sorted_best_thresholds(np.take_along_axis(s, o, 1), np.r_[np.ones(M), np.zeros(N)][o], M, N)
+
+
 def best_threshold(member_scores, nonmember_scores) -> tuple[float, float]:
     """The threshold tau ('member' when score >= tau) maximising the balanced accuracy 1/2 (TPR + TNR) on these scores,
     placed midway between two adjacent distinct scores (+inf: nobody is a member, -inf: everybody), and that in-sample
     balanced accuracy. In-sample it is optimistic: fit it on one set of scores, apply it to another."""
     m, n = _scores(member_scores, nonmember_scores)
-    s, y = np.r_[m, n], np.r_[np.ones(len(m)), np.zeros(len(n))]
-    o = np.argsort(-s, kind="stable")
-    s, y = s[o], y[o]
-    tp, fp = np.r_[0, np.cumsum(y)], np.r_[0, np.cumsum(1 - y)]   # the first k scores called members, k = 0..len
-    bacc = 0.5 * (tp / len(m) + 1 - fp / len(n))
-    bacc[1:-1][s[:-1] == s[1:]] = -1                                # no cut between equal scores
-    k = int(np.argmax(bacc))
-    tau = np.inf if k == 0 else -np.inf if k == len(s) else (s[k - 1] + s[k]) / 2
-    return float(tau), float(bacc[k])
+    tau, bacc = _best_thresholds(m[None], n[None])
+    return float(tau[0]), float(bacc[0])
 
 
 def balanced_accuracy_at(member_scores, nonmember_scores, threshold: float) -> float:
@@ -587,8 +612,8 @@ def tpr_at_fpr(member_scores, nonmember_scores, fpr: float = MIA_FPR,
     m, n = _scores(member_scores, nonmember_scores)
     if len(n) * fpr < min_false_positives:
         return None
-    f, t, _ = roc_curve(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n])
-    return float(t[f <= fpr + 1e-12].max())
+    f, t, _ = roc_curve(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n], drop_intermediate=False)
+    return float(t[f <= fpr + 1e-12].max())   # every point kept: a dropped collinear one may be the last at <= fpr
 
 
 def _tpr_note(n_nonmembers: int, fpr: float = MIA_FPR, min_false_positives: int = MIA_MIN_FALSE_POSITIVES) -> Optional[str]:
@@ -597,19 +622,37 @@ def _tpr_note(n_nonmembers: int, fpr: float = MIA_FPR, min_false_positives: int 
             f"i.e. >= {int(np.ceil(min_false_positives / fpr))})")
 
 
-def _cross_fitted_predictions(m: np.ndarray, n: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    "'member' calls (M,), (N,) of each sample by a threshold fitted on the other folds (stratified, seeded)."
-    k = min(folds, len(m), len(n))
+def _cross_fitted_calls(scores: np.ndarray, perms: np.ndarray, M: int, folds: int, seed: int) -> np.ndarray:
+    """Cross-fitted 'member' calls (S, L) of the L = M + N pooled target scores (L,) under each relabelling in perms
+    (S, L): in row p, position j holds the score scores[perms[p, j]] and plays a member (j < M) or a non-member; each
+    position has one seeded, stratified fold for every row, and its score is called by the threshold (`best_threshold`)
+    fitted on the positions of the other folds. perms = [arange(L)]: the target as labelled. One sort for all rows."""
+    L, S = len(scores), len(perms)
+    N, k = L - M, min(folds, M, L - M)
     if k < 2:
-        raise ValueError(f"cross-fitting the threshold needs >= 2 members and non-members, got {len(m)} and {len(n)}; "
+        raise ValueError(f"cross-fitting the threshold needs >= 2 members and non-members, got {M} and {N}; "
                          "pass calibration scores instead")
     rng = _rng(seed, "mia/folds")
-    fm, fn = rng.permutation(len(m)) % k, rng.permutation(len(n)) % k
-    pm, pn = np.zeros(len(m), bool), np.zeros(len(n), bool)
+    fold = np.r_[rng.permutation(M) % k, rng.permutation(N) % k]       # (L,) the fold of each position
+    o = np.argsort(-scores, kind="stable")
+    ss, pos, rows = scores[o], np.empty_like(perms), np.arange(S)[:, None]
+    pos[rows, perms] = np.arange(L)                                    # pos[p, i]: the position score i plays in row p
+    pos = pos[:, o]                                                    # (S, L), the scores in decreasing order
+    fo, member, tau = fold[pos], (pos < M).ravel(), np.empty((S, k))
+    flat_ss = np.broadcast_to(ss, (S, L)).ravel()
     for f in range(k):
-        tau, _ = best_threshold(m[fm != f], n[fn != f])
-        pm[fm == f], pn[fn == f] = m[fm == f] >= tau, n[fn == f] >= tau
-    return pm, pn
+        keep = np.flatnonzero(fo != f)                                 # each row's training scores, still sorted
+        tau[:, f] = _sorted_best_thresholds(flat_ss[keep].reshape(S, -1), member[keep].reshape(S, -1),
+                                            int((fold[:M] != f).sum()), int((fold[M:] != f).sum()))[0]
+    calls = np.empty((S, L), bool)
+    calls[rows, pos] = ss[None] >= tau[rows, fo]
+    return calls
+
+
+def _cross_fitted_predictions(m: np.ndarray, n: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    "'member' calls (M,), (N,) of each sample by a threshold fitted on the other folds (stratified, seeded)."
+    calls = _cross_fitted_calls(np.r_[m, n], np.arange(len(m) + len(n))[None], len(m), folds, seed)[0]
+    return calls[:len(m)], calls[len(m):]
 
 
 def _attack(m: np.ndarray, n: np.ndarray, threshold: Optional[float], calibration, fpr: float, min_false_positives: int,
@@ -640,21 +683,53 @@ def attack_metrics(member_scores, nonmember_scores, *, threshold: Optional[float
     return _attack(m, n, threshold, calibration, fpr, min_false_positives, folds, seed)[0]
 
 
+def _null_accuracy(m: np.ndarray, n: np.ndarray, pm: np.ndarray, pn: np.ndarray, perms: np.ndarray,
+                   cross_fit: Optional[tuple[int, int]]) -> np.ndarray:
+    """Balanced accuracy (S,) under each label shuffle (perms (S, M+N)) of the target's scores m (M,), n (N,). Calibrated
+    (`cross_fit` None): the threshold does not depend on the target's labels, so the fixed calls pm (M,), pn (N,) are
+    rescored. Cross-fitted (`cross_fit` = (folds, seed)): the threshold is refitted on the shuffled labels, with the same
+    folds, exactly as the observed accuracy was obtained."""
+    M = len(m)
+    if len(perms) == 0:
+        return np.zeros(0)
+    if cross_fit is None:
+        calls = np.r_[pm, pn].astype(np.float64)[perms]                  # (S, M+N)
+    else:
+        calls = _cross_fitted_calls(np.r_[m, n], perms, M, *cross_fit).astype(np.float64)
+    return 0.5 * (calls[:, :M].mean(1) + 1 - calls[:, M:].mean(1))
+
+
+def _boot_accuracy(m: np.ndarray, n: np.ndarray, pm: np.ndarray, pn: np.ndarray, cm: np.ndarray, cn: np.ndarray,
+                   cal: Optional[tuple] = None, cal_idx: Optional[tuple] = None) -> np.ndarray:
+    """Balanced accuracy (B,) on each bootstrap resample of the target, given as counts cm (B, M) and cn (B, N) of each
+    member and non-member. With the calibration scores `cal` = (members (Mc,), non-members (Nc,)) and their resamples
+    `cal_idx` = (indices (B, Mc), (B, Nc)), the threshold is refitted on each calibration resample (one sort each), as
+    the observed one was fitted; else (cross-fitted) the calls pm (M,), pn (N,) stay fixed."""
+    M, N = len(m), len(n)
+    if cal is None or len(cm) == 0:
+        return 0.5 * (cm @ pm / M + 1 - cn @ pn / N)
+    tau = _best_thresholds(cal[0][cal_idx[0]], cal[1][cal_idx[1]])[0][:, None]          # (B, 1)
+    return 0.5 * ((cm * (m[None] >= tau)).sum(1) / M + 1 - (cn * (n[None] >= tau)).sum(1) / N)
+
+
 def _null_and_boot(m: np.ndarray, n: np.ndarray, pm: np.ndarray, pn: np.ndarray, perms: np.ndarray, bm: np.ndarray,
-                   bn: np.ndarray) -> dict:
-    """For one score column: accuracy (fixed 'member' calls pm (M,), pn (N,)) and AUC under each label shuffle (perms
-    (S, M+N)) and each bootstrap resample (bm (B, M), bn (B, N) indices), vectorised."""
+                   bn: np.ndarray, *, cal: Optional[tuple] = None, cal_idx: Optional[tuple] = None, folds: int = 5,
+                   seed: int = 0) -> dict:
+    """For one score column: accuracy and AUC under each label shuffle (perms (S, M+N)) and each bootstrap resample
+    (bm (B, M), bn (B, N) indices) of the target's scores m (M,), n (N,) with 'member' calls pm (M,), pn (N,).
+    Calibrated (`cal`, `cal_idx`: see `_boot_accuracy`): shuffles keep the calibrated threshold, resamples refit it on
+    a resample of the calibration pair. Cross-fitted (`cal` None): shuffles refit it (`folds`, `seed`), resamples keep
+    the calls. AUC needs no threshold. Vectorised."""
     from scipy.stats import rankdata
     M, N = len(m), len(n)
-    calls, ranks = np.r_[pm, pn].astype(np.float64), rankdata(np.r_[m, n])
-    mem = perms[:, :M]                              # the positions that play the members in each shuffle
-    null_acc = 0.5 * (calls[mem].mean(1) + 1 - (calls.sum() - calls[mem].sum(1)) / N)
-    null_auc = (ranks[mem].sum(1) - M * (M + 1) / 2) / (M * N)
+    ranks = rankdata(np.r_[m, n])
+    null_acc = _null_accuracy(m, n, pm, pn, perms, None if cal is not None else (folds, seed))
+    null_auc = (ranks[perms[:, :M]].sum(1) - M * (M + 1) / 2) / (M * N)
     cm = np.stack([np.bincount(r, minlength=M) for r in bm]).astype(np.float64) if len(bm) else np.zeros((0, M))
     cn = np.stack([np.bincount(r, minlength=N) for r in bn]).astype(np.float64) if len(bn) else np.zeros((0, N))
     h = (m[:, None] > n[None]) + 0.5 * (m[:, None] == n[None])          # (M, N) pairwise wins of the members
     boot_auc = np.einsum("bm,mn,bn->b", cm, h, cn) / (M * N)
-    boot_acc = 0.5 * (cm @ pm / M + 1 - cn @ pn / N)
+    boot_acc = _boot_accuracy(m, n, pm, pn, cm, cn, cal, cal_idx)
     return {"null_accuracy": null_acc, "null_auc": null_auc, "boot_accuracy": boot_acc, "boot_auc": boot_auc}
 
 
@@ -674,8 +749,11 @@ def mia_from_losses(member_losses: torch.Tensor, nonmember_losses: torch.Tensor,
     (`avg_loss`). The threshold is fitted on `calibration` = (member losses (Mc, K), non-member losses (Nc, K)) of
     another set (`evaluate_checkpoint`: D_r vs held-out D_r) and applied unchanged to the target; without it, it is
     cross-fitted on the target. `chance`: mean / std of each statistic over `n_shuffles` seeded shuffles of the target's
-    member / non-member labels (with the same threshold), and whether the observed value exceeds mean + 2 std.
-    `error_bars`: bootstrap (`n_boot` resamples of members and non-members) of accuracy and AUC."""
+    member / non-member labels (the calibrated threshold kept; a cross-fitted one refitted on the shuffled labels with
+    the same folds), and whether the observed value exceeds mean + 2 std. `error_bars`: bootstrap (`n_boot` resamples
+    of the target's members and non-members, separately) of accuracy and AUC; with calibration, each resample also
+    resamples the calibration members and non-members and refits the threshold on them (a cross-fitted accuracy keeps
+    its calls)."""
     lm, ln = torch.as_tensor(member_losses).double(), torch.as_tensor(nonmember_losses).double()
     K = len(timesteps)
     if lm.ndim != 2 or ln.ndim != 2 or lm.shape[1] != K or ln.shape[1] != K:
@@ -689,14 +767,20 @@ def mia_from_losses(member_losses: torch.Tensor, nonmember_losses: torch.Tensor,
     perms = np.stack([rng.permutation(M + N) for _ in range(n_shuffles)]) if n_shuffles else np.zeros((0, M + N), int)
     bm = bootstrap_indices(M, n_boot, seed=seed, tag="mia/members")
     bn = bootstrap_indices(N, n_boot, seed=seed, tag="mia/nonmembers")
+    cal_idx = None if calibration is None else (bootstrap_indices(len(cm), n_boot, seed=seed, tag="mia/calibration_members"),
+                                                bootstrap_indices(len(cn), n_boot, seed=seed, tag="mia/calibration_nonmembers"))
     cols = {int(t): k for k, t in enumerate(timesteps)}
     res, draws = {}, {}
     for key, col in [*cols.items(), ("avg_loss", None)]:
+        if col is None and K == 1:       # one timestep: the averaged loss is its loss, the same attack and draws
+            (t0,) = cols
+            res[key], draws[key] = {k: v for k, v in res[t0].items() if not k.startswith("loss_")}, draws[t0]
+            continue
         pick = (lambda L: -L[:, col]) if col is not None else (lambda L: -L.mean(1))
         m, n = pick(lm).numpy(), pick(ln).numpy()
         cal = None if calibration is None else (pick(cm).numpy(), pick(cn).numpy())
         a, pm, pn = _attack(m, n, None, cal, fpr, min_false_positives, folds, seed)
-        draws[key] = _null_and_boot(m, n, pm, pn, perms, bm, bn)
+        draws[key] = _null_and_boot(m, n, pm, pn, perms, bm, bn, cal=cal, cal_idx=cal_idx, folds=folds, seed=seed)
         res[key] = a
         if col is not None:
             a.update(loss_members=float(lm[:, col].mean()), loss_nonmembers=float(ln[:, col].mean()))
@@ -901,18 +985,27 @@ def loss_gradient_cosine(model: nn.Module, loss_a: LossFn, batch_a, loss_b: Loss
     return {"cosine": float(ga @ gb) / (na * nb) if na > 0 and nb > 0 else float("nan"), "grad_norm_a": na, "grad_norm_b": nb}
 
 
+def _batch_stream(n: int, b: int, count: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """`count` batches (b,) of indices into n items (b <= n): consecutive slices of one seeded permutation, so they are
+    disjoint; a new permutation is drawn only when the current one has fewer than b indices left."""
+    if not 1 <= b <= n:
+        raise ValueError(f"batch size must be in 1..{n} (the set's size), got {b}")
+    out, perm, at = [], torch.randperm(n, generator=gen), 0
+    for _ in range(count):
+        if at + b > n:
+            perm, at = torch.randperm(n, generator=gen), 0
+        out.append(perm[at:at + b])
+        at += b
+    return out
+
+
 def _pair_batches(n_a: int, n_b: Optional[int], b_a: int, b_b: int, n_pairs: int, gen: torch.Generator) -> list:
-    """Index pairs (batch of set a, batch of set b) for `n_pairs` pairs; n_b None: both from set a, disjoint within a
-    pair. Batches are disjoint across pairs too when the set is large enough, else drawn afresh for each pair."""
+    """Index pairs (batch (b_a,) of set a, batch (b_b,) of set b) for `n_pairs` pairs; n_b None: both from set a, disjoint
+    within a pair. Each set's batches are consecutive slices of one permutation of it (`_batch_stream`), so batches are
+    disjoint across pairs too as long as the set holds them; only then is a new permutation drawn."""
     if n_b is None:
-        if n_pairs * (b_a + b_b) <= n_a:
-            perm = torch.randperm(n_a, generator=gen)
-            return [(perm[i * (b_a + b_b):i * (b_a + b_b) + b_a], perm[i * (b_a + b_b) + b_a:(i + 1) * (b_a + b_b)])
-                    for i in range(n_pairs)]
-        return [(p[:b_a], p[b_a:b_a + b_b]) for p in (torch.randperm(n_a, generator=gen) for _ in range(n_pairs))]
-    one = lambda n, b: ([torch.randperm(n, generator=gen)[i * b:(i + 1) * b] for i in range(n_pairs)] if n_pairs * b <= n
-                        else [torch.randperm(n, generator=gen)[:b] for _ in range(n_pairs)])
-    return list(zip(one(n_a, b_a), one(n_b, b_b)))
+        return [(s[:b_a], s[b_a:]) for s in _batch_stream(n_a, b_a + b_b, n_pairs, gen)]
+    return list(zip(_batch_stream(n_a, b_a, n_pairs, gen), _batch_stream(n_b, b_b, n_pairs, gen)))
 
 
 def gradient_conflict_pairs(model: nn.Module, loss_a: LossFn, data_a, loss_b: LossFn, data_b=None, *, n_pairs: int = 8,
@@ -1070,7 +1163,7 @@ def metrics_markdown(m: dict) -> str:
     if "loss" in m:
         add("eps loss, D_f mean", m["loss"]["forget_mean"], bar=eb("loss", "forget_mean"))
         add("eps loss, D_r mean", m["loss"]["remain_mean"], bar=eb("loss", "remain_mean"))
-    if "gradient_conflict" in m:
+    if m.get("gradient_conflict"):
         gc = m["gradient_conflict"]
         what = (f", forget loss '{gc['forget_loss']}', mean ± std over {gc['n_pairs']} batch pairs" if "forget_loss" in gc
                 and "n_pairs" in gc else "")
@@ -1090,7 +1183,7 @@ def metrics_markdown(m: dict) -> str:
         mia = m["mia"]
         notes.append(f"Membership inference: {mia.get('protocol', '')}; chance is the same statistic over "
                      f"{_get(mia, 'chance', 'n_shuffles')} shuffles of the member / non-member labels of the target.")
-    if "gradient_conflict" in m and m["gradient_conflict"].get("forget_loss_source"):
+    if (m.get("gradient_conflict") or {}).get("forget_loss_source"):
         gc = m["gradient_conflict"]
         notes.append(f"Gradient conflict: forget loss '{gc['forget_loss']}' from {gc['forget_loss_source']}, {gc.get('mode', '')}.")
     if notes:
@@ -1207,7 +1300,7 @@ def forget_set_metrics(model: nn.Module, schedule: NoiseSchedule, splits, timest
     with the threshold calibrated on D_r vs held-out D_r (all held-out images, capped at `n_calibration` if given, and a
     seeded sample of D_r at least as large) and its label-shuffle chance baseline; the KL of the predicted noise and the
     losses on D_f vs the first len(D_f) images of that D_r sample; the gradient conflict of the method's forget loss
-    (`method_gradient_conflict`, `n_pairs` pairs of batches). Returns the metrics, with `error_bars`, and the per-sample
+    (`method_gradient_conflict`, `n_pairs` pairs of batches; 0: not measured, None). Returns the metrics, with `error_bars`, and the per-sample
     values (N,) for the figures: kl_forget, kl_remain, loss_forget, loss_remain."""
     (xf, yf), (xh, yh) = splits.forget.tensors(), splits.heldout_forget.tensors()
     xhr, yhr = splits.heldout_remain.tensors(n_calibration)
@@ -1232,9 +1325,9 @@ def forget_set_metrics(model: nn.Module, schedule: NoiseSchedule, splits, timest
     for key, f, r in (("kl", "kl_forget", "kl_remain"), ("loss", "loss_forget", "loss_remain")):
         eb[key] = {g: bootstrap_mean(ps[v].numpy(), n_boot=n_boot, seed=seed, tag=f"{key}/{g}")
                    for g, v in (("forget_mean", f), ("remain_mean", r))}
-    m["gradient_conflict"] = method_gradient_conflict(model, schedule, splits.remain, splits.forget,
-                                                      splits.forget_classes or (), forget_loss=forget_loss, preset=preset,
-                                                      n_pairs=n_pairs, seed=seed)
+    m["gradient_conflict"] = None if n_pairs == 0 else method_gradient_conflict(
+        model, schedule, splits.remain, splits.forget, splits.forget_classes or (), forget_loss=forget_loss, preset=preset,
+        n_pairs=n_pairs, seed=seed)
     m["error_bars"] = eb
     return m, ps
 
@@ -1256,21 +1349,30 @@ def _train_api():
     return train
 
 
+def _shipped_data_dirs() -> list[Path]:
+    """The folders of shipped artefacts, resolved: the repository's own data/ (the default of `erasediff.train.data_dir`)
+    and `data_dir()` itself, which $ERASEDIFF_DATA may point elsewhere."""
+    import erasediff
+    dirs = [Path(erasediff.__file__).resolve().parent.parent / "data"]
+    try:
+        dirs.append(Path(_train_api().data_dir()).resolve())
+    except (ImportError, AttributeError):
+        pass
+    return list(dict.fromkeys(dirs))
+
+
 def default_eval_out(checkpoint) -> Path:
     """`evaluate_checkpoint`'s default output folder: runs/eval/<name> under the current directory, <name> being the
     checkpoint folder's name (the run folder's for a run's unet/ folder). Refused (ValueError) if it would lie inside
-    the checkpoint's folder tree or the shipped-data folder (`erasediff.train.data_dir()`): pass `out` then."""
+    the checkpoint's folder tree or a shipped-data folder (the repository's data/ and `erasediff.train.data_dir()`,
+    wherever $ERASEDIFF_DATA points it): pass `out` then."""
     p = Path(str(checkpoint))
     if p.exists():
         p = p.resolve()
     tree = p.parent if p.name == "unet" and p.parent.name else p
     out = Path("runs/eval") / tree.name
     target = out.resolve()
-    guarded = [tree] if p.exists() else []
-    try:
-        guarded.append(Path(_train_api().data_dir()).resolve())
-    except (ImportError, AttributeError):
-        pass
+    guarded = ([tree] if p.exists() else []) + _shipped_data_dirs()
     for g in guarded:
         if target == g or g in target.parents:
             raise ValueError(f"the default output folder {target} lies inside {g}; evaluate_checkpoint never writes there "
@@ -1293,7 +1395,7 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
                         mia_timesteps: Sequence[int] = MIA_TIMESTEPS, n_real_per_class: Optional[int] = None,
                         batch_size: int = 250, device: str | torch.device | None = None, n_boot: int = N_BOOT,
                         n_shuffles: int = N_SHUFFLES, forget_loss: Optional[str] = None,
-                        n_remain_other_w: Optional[int] = None) -> dict:
+                        n_remain_other_w: Optional[int] = None, n_conflict_pairs: int = 8) -> dict:
     """Evaluate a diffusers UNet folder (or a loaded UNet2DModel) for `preset` (a name of `erasediff.train.get_preset`
     or a Preset); write `metrics.json`, `metrics.md`, `kl.png` and `losses.png` into `out` (default: `default_eval_out`,
     runs/eval/<checkpoint name> under the current directory, never inside the checkpoint's folder) and return the metrics.
@@ -1305,7 +1407,9 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
     shuffles of the membership attack's chance baseline. `forget_loss`: the forget loss whose gradient conflict is
     measured (default: the run's, from metrics.json beside a run's unet/, else the preset's EraseDiff default).
     At the guidance scales other than the preset's (w = 0 and 1, for `accuracy_by_w`) the forgotten classes get
-    `n_per_class` samples and the remaining ones `n_remain_other_w` (default n_per_class // 5, at least 2)."""
+    `n_per_class` samples and the remaining ones `n_remain_other_w` (default n_per_class // 5, at least 2).
+    `n_conflict_pairs`: batch pairs of the gradient conflict (0: skip it). Besides the reports, `per_sample.npz` holds
+    the per-sample losses and KL values of D_f and D_r (the figures of chapter 06)."""
     ck_name = Path(str(checkpoint)).name if not isinstance(checkpoint, nn.Module) else None
     if out is None:
         if ck_name is None:
@@ -1393,14 +1497,17 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
                             "forget_confidence": {w: b["confidence"] for w, b in bars_w.items()},
                             "accuracy": bars_w[f"{preset.sampler.w:g}"]["accuracy"]})   # the same samples as accuracy_by_w's
         fs, per_sample = forget_set_metrics(model, schedule, splits, mia_timesteps, seed=seed, progress=progress,
-                                            n_shuffles=n_shuffles, n_boot=n_boot, forget_loss=forget_loss, preset=preset_name)
+                                            n_shuffles=n_shuffles, n_boot=n_boot, forget_loss=forget_loss, preset=preset_name,
+                                            n_pairs=n_conflict_pairs)
         _merge_bars(m, fs.pop("error_bars"))
-        fs["gradient_conflict"]["forget_loss_source"] = loss_source if fs["gradient_conflict"]["forget_loss_note"] is None \
-            else "unconditional model"
+        if fs["gradient_conflict"] is not None:
+            fs["gradient_conflict"]["forget_loss_source"] = loss_source if fs["gradient_conflict"]["forget_loss_note"] is None \
+                else "unconditional model"
         m.update(fs)
         m["bootstrap"] = {"n_boot": n_boot, "seed": seed, "interval": "percentile, 95 %",
                           "what": "samples resampled with replacement (generated: within their class; MIA: members and "
-                                  "non-members separately); real images are the fixed reference"}
+                                  "non-members separately, of the target and of the calibration pair, the threshold "
+                                  "refitted on each resample); real images are the fixed reference"}
         if reference_retrain is not None:
             ref, ref_name = _retrain_reference(reference_retrain, preset_name, train)
             m["weight_distance"] = {**weight_distance(model, ref), "reference": ref_name}
@@ -1413,6 +1520,8 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
     title = f"{ck_name or 'model'} ({preset_name})"
     atomic_write_bytes(out / "kl.png", _fig_png(plot_kl(per_sample["kl_forget"], per_sample["kl_remain"], title=title)))
     atomic_write_bytes(out / "losses.png", _fig_png(plot_losses(per_sample["loss_forget"], per_sample["loss_remain"], title=title)))
+    buf = io.BytesIO(); np.savez(buf, **{k: v.numpy() for k, v in per_sample.items()})
+    atomic_write_bytes(out / "per_sample.npz", buf.getvalue())
     atomic_write_bytes(out / "metrics.md", metrics_markdown(m).encode())
     atomic_write_json(out / "metrics.json", m)
     return m
@@ -1428,7 +1537,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def summarize_seeds(results: Sequence[dict]) -> dict[str, dict]:
-    "Mean, sample std (ddof=1; 0 for one run) and count of every numeric metric (dotted keys) over several runs."
+    """Mean, sample std (ddof=1; None for a metric of one run: one run says nothing about the spread) and count of
+    every numeric metric (dotted keys) over several runs."""
     if not results:
         raise ValueError("summarize_seeds: no results")
     flat = [_flatten(r) for r in results]
@@ -1437,5 +1547,5 @@ def summarize_seeds(results: Sequence[dict]) -> dict[str, dict]:
     for k in keys:
         v = np.array([f[k] for f in flat if k in f and f[k] is not None and np.isfinite(f[k])])
         if len(v):
-            out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+            out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": len(v)}
     return out

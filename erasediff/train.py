@@ -349,7 +349,7 @@ PRESETS: dict[str, Preset] = {
         name="digits", dataset="digits", unet=UNetConfig(),
         train=LoopConfig(steps=2000, batch_size=128, lr=2e-3, warmup_steps=100, grad_clip=1.0, ema_decay=0.995,
                          ckpt_every=400, sample_every=800),
-        sampler=SamplerConfig("ddim", steps=50, w=0.5), eval_per_class=100),
+        sampler=SamplerConfig("ddim", steps=50, w=0.5), eval_per_class=32),
     "cifar10": Preset(
         name="cifar10", dataset="cifar10", device="cuda",
         unet=UNetConfig(sample_size=32, channels=3, block_out_channels=(128, 256, 256, 256),

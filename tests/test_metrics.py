@@ -136,6 +136,26 @@ def test_bootstrap_indices_and_mean():
     assert M.bootstrap_mean(hits, n_boot=0)["std"] is None
 
 
+def test_bootstrap_mean_weights_travel_with_their_values():
+    "90 zeros of weight 1/90 and 10 ones of weight 1/10: a mean of two class means, 0.5; each resample keeps the pairs."
+    v, w = np.r_[np.zeros(90), np.ones(10)], np.r_[np.full(90, 1 / 90), np.full(10, 1 / 10)]
+    eb = M.bootstrap_mean(v, weights=w, n_boot=500, seed=0, tag="w")
+    assert eb["value"] == pytest.approx(0.5)
+    assert eb["ci95"][0] < 0.5 < eb["ci95"][1] and eb["std"] > 0      # weights left in place gave replicates near 0.1
+    strat = M.bootstrap_mean(v, weights=w, n_boot=50, strata=(v > 0).astype(int))   # class counts fixed: always 0.5
+    assert strat["std"] == pytest.approx(0, abs=1e-12)
+
+
+def test_float64_work_leaves_mps_for_the_cpu():
+    assert M._float64_device("mps") == torch.device("cpu")           # Apple's MPS has no float64
+    assert M._float64_device(torch.device("mps", 0)) == torch.device("cpu")
+    assert M._float64_device("cpu") == torch.device("cpu")
+    assert M._float64_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    rng = np.random.default_rng(0)
+    g, r = rng.normal(size=(40, 6)), rng.normal(size=(60, 6))
+    assert M.bootstrap_frechet(g, r, n_boot=20, device="mps") == M.bootstrap_frechet(g, r, n_boot=20)   # runs on the CPU
+
+
 def test_bootstrap_frechet_is_the_distance_of_each_resample():
     rng = np.random.default_rng(0)
     for n, d in ((30, 50), (200, 20)):                                   # the n x n route and the d x d route
@@ -317,6 +337,12 @@ def test_tpr_at_low_fpr_only_with_enough_nonmembers():
     assert r["mean"]["tpr_at_1_fpr"] is None and "70 non-members" in r["tpr_note"]
 
 
+def test_tpr_at_fpr_keeps_every_roc_point():
+    "Members and non-members with the same 1000 scores: the ROC is the diagonal, TPR = FPR = 1 % (10 false positives)."
+    s = -np.arange(1000.0)
+    assert M.tpr_at_fpr(s, s, fpr=0.01, min_false_positives=10) == pytest.approx(0.01)   # dropped points gave 0.001
+
+
 def _null_draw(rng, shift=0.0, k=1):
     "Per-sample losses (M, k) of 281 members and 70 non-members, and a calibration set of 290 vs 290; members lower by shift."
     L = torch.tensor(rng.normal(size=(281 + 70 + 290 + 290, k)))
@@ -341,6 +367,60 @@ def test_mia_without_signal_is_at_chance():
     v = np.array(insample)
     assert v.mean() - 0.5 > 3 * v.std(ddof=1) / np.sqrt(len(v))      # the biased estimate this protocol replaces
     assert np.mean(above) < 0.1                                       # mean + 2 std of the shuffles: ~2.5 % false alarms
+
+
+def test_cross_fitted_calls_refit_each_relabelling_on_the_same_folds():
+    "The vectorised cross-fitting equals, row by row, folds of positions fixed by the seed and `best_threshold` per fold."
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=37), 1)                          # ties included
+    Mm, k, seed = 25, 4, 7
+    perms = np.stack([np.arange(37)] + [rng.permutation(37) for _ in range(20)])
+    calls = M._cross_fitted_calls(scores, perms, Mm, k, seed)
+    fr = M._rng(seed, "mia/folds")
+    fold = np.r_[fr.permutation(Mm) % k, fr.permutation(37 - Mm) % k]
+    for row, perm in zip(calls, perms):
+        s, ref = scores[perm], np.zeros(37, bool)
+        for f in range(k):
+            tr = fold != f
+            tau, _ = M.best_threshold(s[:Mm][tr[:Mm]], s[Mm:][tr[Mm:]])
+            ref[~tr] = s[~tr] >= tau
+        np.testing.assert_array_equal(row, ref)
+    pm, pn = M._cross_fitted_predictions(scores[:Mm], scores[Mm:], k, seed)
+    np.testing.assert_array_equal(np.r_[pm, pn], calls[0])
+
+
+def test_mia_cross_fitted_chance_refits_the_threshold():
+    """No signal, 1000 draws of 281 members vs 70 non-members (digits' sizes), threshold cross-fitted on the target: the
+    shuffle baseline refits the threshold on each relabelling, as the observed accuracy was obtained, so its std matches
+    the observed accuracy's spread over draws and 'exceeds' (mean + 2 std) fires at the nominal ~2.3 %. With the
+    observed calls held fixed under the shuffles the null was too narrow (std ratio 0.93) and fired 3.6 % of the time."""
+    rng = np.random.default_rng(0)
+    acc, sd, fired = [], [], []
+    for i in range(1000):
+        lm, ln, _ = _null_draw(rng)
+        r = M.mia_from_losses(lm, ln, (10,), n_shuffles=50, n_boot=0, seed=i)
+        ch = r["chance"]["mean"]["accuracy"]
+        acc.append(r["mean"]["accuracy"]); sd.append(ch["std"]); fired.append(ch["exceeds"])
+    ratio = np.sqrt(np.mean(np.square(sd))) / np.std(acc, ddof=1)
+    assert 0.96 < ratio < 1.08, ratio
+    assert abs(np.mean(fired) - 0.023) < 0.01, np.mean(fired)
+
+
+def test_mia_error_bars_refit_the_calibrated_threshold():
+    """The calibration pair (20 vs 20) is a sample too: over 100 draws of target and calibration, the bootstrap std of the
+    calibrated accuracy matches its spread only when each replicate refits the threshold on resampled calibration scores
+    (a threshold held fixed gave 2/3 of it). Seeded: the same call gives the same bars."""
+    rng = np.random.default_rng(0)
+    acc, sd = [], []
+    for i in range(100):
+        L = torch.tensor(rng.normal(size=(440, 1)))
+        lm, ln, cal = L[:200], L[200:400] + 1.0, (L[400:420] - 1.0, L[420:] + 1.0)   # calibration members: lower losses
+        r = M.mia_from_losses(lm, ln, (10,), calibration=cal, n_shuffles=0, n_boot=200, seed=i)
+        acc.append(r["mean"]["accuracy"]); sd.append(r["error_bars"]["mean"]["accuracy"]["std"])
+    ratio = np.sqrt(np.mean(np.square(sd))) / np.std(acc, ddof=1)
+    assert 0.85 < ratio < 1.25, ratio
+    again = M.mia_from_losses(lm, ln, (10,), calibration=cal, n_shuffles=0, n_boot=200, seed=99)["error_bars"]
+    assert again == r["error_bars"]
 
 
 def test_mia_strong_signal_beats_shuffle_baseline():
@@ -519,6 +599,18 @@ def test_gradient_cosine_known():
     assert M.gradient_cosine(lin, w[0] ** 2 + 1, (w[1] - 5) ** 2)["cosine"] == pytest.approx(0.0, abs=1e-12)  # orthogonal
 
 
+def test_pair_batches_are_disjoint_across_pairs():
+    gen = torch.Generator().manual_seed(0)
+    pairs = M._pair_batches(100, 100, 10, 10, 8, gen)
+    for side in (0, 1):                                                 # one permutation per set, consecutive slices
+        assert len(torch.cat([p[side] for p in pairs]).unique()) == 80
+    one = M._pair_batches(100, None, 6, 4, 10, gen)                     # one set: 10 pairs of 6 + 4 use all 100
+    assert len(torch.cat([torch.cat(p) for p in one]).unique()) == 100
+    wrap = M._pair_batches(25, 12, 10, 5, 3, gen)                       # set a holds 2 batches: the 3rd starts afresh
+    assert len(torch.cat([wrap[0][0], wrap[1][0]]).unique()) == 20 and all(len(p[0].unique()) == 10 for p in wrap)
+    assert len(torch.cat([wrap[0][1], wrap[1][1]]).unique()) == 10
+
+
 def test_gradient_conflict_on_unet():
     sched = NoiseSchedule()
     model = make_tiny()
@@ -598,7 +690,7 @@ def test_summarize_seeds():
     agg = M.summarize_seeds(runs)
     assert agg["a.b"] == {"mean": 2.0, "std": pytest.approx(2 ** 0.5), "n": 2}
     assert agg["n"]["mean"] == 4.0 and "flag" not in agg and "a.c" not in agg
-    assert M.summarize_seeds(runs[:1])["a.b"]["std"] == 0.0
+    assert M.summarize_seeds(runs[:1])["a.b"] == {"mean": 1.0, "std": None, "n": 1}   # one run: no spread to report
     with pytest.raises(ValueError, match="no results"):
         M.summarize_seeds([])
 
@@ -694,6 +786,23 @@ def test_evaluate_checkpoint_default_out_is_under_cwd(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="pass out="):
         M.evaluate_checkpoint(ck, toy_preset(eval_per_class=2), classifier=OracleClassifier(), progress=False)
     assert _tree(tmp_path / "store") == before
+
+
+def test_default_eval_out_guards_both_data_folders(tmp_path, monkeypatch):
+    "$ERASEDIFF_DATA moves data_dir() elsewhere: the repository's own data/ stays guarded, and so does the new folder."
+    import erasediff
+    repo_data = Path(erasediff.__file__).resolve().parent.parent / "data"
+    if not repo_data.is_dir():
+        pytest.skip(f"no data/ folder beside the package ({repo_data})")
+    elsewhere = tmp_path / "shipped"
+    elsewhere.mkdir()
+    monkeypatch.setenv("ERASEDIFF_DATA", str(elsewhere))
+    for cwd in (repo_data, elsewhere):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(ValueError, match="pass out="):
+            M.default_eval_out("some_model")
+    monkeypatch.chdir(tmp_path)
+    assert M.default_eval_out("some_model") == Path("runs/eval/some_model")
 
 
 def test_evaluate_checkpoint_unconditional_and_validation(tmp_path):

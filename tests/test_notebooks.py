@@ -20,19 +20,23 @@ def test_notebook_has_kernelspec(path):
     assert ks.get("name") == "python3", ks
 
 
-def test_unlearn_notebook_installs_in_colab_then_takes_parameters():
-    "First code cell: the Colab install (a no-op elsewhere); the next one: papermill's parameters."
-    nb = json.loads((Path(__file__).parents[1] / "nbs" / "03_unlearn.ipynb").read_text())
+@pytest.mark.parametrize("name, params", [("03_unlearn", ("forget_classes", "overrides", "seed", "quick")),
+                                          ("07_reproduce", ("PRESET", "SEEDS", "OUT", "METHODS"))])
+def test_colab_notebook_installs_in_colab_then_takes_parameters(name, params):
+    "First code cell: the Colab install (a no-op elsewhere); the next one: papermill's parameters; a badge opens it."
+    nb = json.loads((Path(__file__).parents[1] / "nbs" / f"{name}.ipynb").read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     colab = "".join(code[0]["source"])
     assert 'if "google.colab" in sys.modules:' in colab and "pip" in colab and "install" in colab
-    assert "colab.research.google.com/github/erasediff/erasediff/blob/main/nbs/03_unlearn.ipynb" in "".join(
+    assert f"colab.research.google.com/github/erasediff/erasediff/blob/main/nbs/{name}.ipynb" in "".join(
         "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     first = code[1]
     assert "parameters" in first.get("metadata", {}).get("tags", []), first.get("metadata")
     src = "".join(first["source"])
-    for name in ("forget_classes", "overrides", "seed", "quick"):
-        assert f"\n{name} =" in "\n" + src, name
+    for p in params:
+        assert f"\n{p} =" in "\n" + src, p
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"colab.research.google.com/github/erasediff/erasediff/blob/main/nbs/{name}.ipynb" in readme
 
 
 CHAPTERS = [p for p in NBS if p.name[:2].isdigit()]
