@@ -707,7 +707,7 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     out = tmp_path / "eval"
     m = M.evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), reference_retrain=ck,
                               progress=False, mia_timesteps=(100,))
-    assert sorted(p.name for p in out.iterdir()) == ["kl.png", "losses.png", "metrics.json", "metrics.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["kl.png", "losses.png", "metrics.json", "metrics.md", "per_sample.npz"]
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == m
     assert m["n_generated"] == 30 and m["conditional"] and m["forget_classes"] == [2, 8]
