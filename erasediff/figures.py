@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from .core import NoiseSchedule, atomic_write_bytes, generate, load_unet
 from .train import get_preset, reference_path, show_grid
@@ -103,7 +104,7 @@ def plot_sample_grid(out: Path | str, preset: str = "digits", n_per_class: int =
         H = x.shape[-1]
         for c in p.forget_classes:
             x0 = c * n_per_class * (H + 1) - 0.5
-            ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+            ax.add_patch(Rectangle(
                 (x0, -0.5), n_per_class * (H + 1) - 1, H, fill=False, edgecolor="red", linewidth=1.2))
         ax.set_ylabel(_label(m), rotation=0, ha="right", va="center", fontsize=8); ax.axis("on")
         ax.set_xticks([]); ax.set_yticks([])

@@ -13,23 +13,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, load_unet, measure, num_classes,
-                            sha256_path)
+from .core import NoiseSchedule, atomic_write_bytes, atomic_write_json, load_unet, num_classes, sha256_path
 from .data import InfiniteBatches, make_splits
-from .metrics import evaluate_checkpoint, summarize_seeds
+from .metrics import _get, evaluate_checkpoint, summarize_seeds
 from .train import DiffusionObjective, LoopConfig, Preset, fit, get_preset, load_reference, reference_path
-from .unlearn import METHODS as _METHODS, get_method, guidance_scales, sample_accuracy, unlearn
+from .unlearn import get_method, guidance_scales, sample_accuracy, unlearn
 
 # %% auto #0
 __all__ = ['REFERENCES', 'TABLE_METHODS', 'STAGES', 'EVAL_PER_CLASS', 'SWEEP_LAMS', 'NAMES', 'RelearnConfig', 'ReproduceConfig',
@@ -279,7 +277,7 @@ def tradeoff_sweep(root: Path, config: ReproduceConfig, *, classifier, splits, l
             def probe(step, model, logs, lam=lam, pts=pts):
                 if step in at: pts.append({"lam": lam, "step": step, **_probe(model, classifier, schedule, preset, splits,
                                                                                 real_remain, n_forget, n_remain, 0)})
-            with __import__("tempfile").TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp:
                 unlearn(preset, preset.forget_classes, Path(tmp) / "u", method="erasediff", seed=0,
                         config={**config.unlearn_overrides, "lam": lam},
                         eval_per_class=0, progress=progress, device=config.device, callback=probe)
@@ -310,13 +308,6 @@ def _columns(preset: Preset) -> list[tuple[str, tuple[str, ...]]]:
     return cols
 
 
-def _get(d: dict, path: Sequence[str]):
-    for k in path:
-        if not isinstance(d, dict) or k not in d: return None
-        d = d[k]
-    return d
-
-
 def collect(root: Path, config: ReproduceConfig) -> dict[str, list[dict]]:
     "Each method's per-seed records {'eval', 'relearn', 'cost'} read from the finished run folders under `root`."
     out: dict[str, list[dict]] = {}
@@ -338,7 +329,7 @@ def table_rows(records: dict[str, list[dict]], preset: Preset) -> list[dict]:
     "One row per method: {'method', 'n_seeds', header: {'mean', 'std', 'n'} or None} over the method's seeds."
     rows = []
     for method, recs in records.items():
-        flat = [{h: _get(r, k) for h, k in _columns(preset)} for r in recs]
+        flat = [{h: _get(r, *k) for h, k in _columns(preset)} for r in recs]
         summary = summarize_seeds(flat)
         rows.append({"method": method, "n_seeds": len(recs), **{h: summary.get(h) for h, _ in _columns(preset)}})
     return rows
