@@ -113,13 +113,13 @@ def _cmd_reproduce(args) -> int:
     from erasediff.reproduce import RelearnConfig, ReproduceConfig, reproduce
     rl = {k: v for k, v in (("n_images", args.relearn_images), ("steps", args.relearn_steps)) if v is not None}
     cfg = ReproduceConfig(preset=args.preset, seeds=args.seeds, n_per_class=args.n_per_class, sweep=not args.no_sweep,
-                          relearn=replace(RelearnConfig(), **rl), device=args.device,
+                          relearn=replace(RelearnConfig(), **rl), device=args.device, jobs=args.jobs,
                           data_root=str(args.data_root) if args.data_root else None,
                           **({"methods": tuple(args.methods)} if args.methods else {}))
     s = reproduce(cfg, args.out, progress=not args.quiet, figures=not args.no_figures)
     print((Path(s["out"]) / "table.md").read_text())
-    print(json.dumps({"out": s["out"], "stages_computed": len(s["computed"]), "stages_reused": len(s["reused"]),
-                      "wall_s": round(s["wall_s"], 1)}, indent=2))
+    print(json.dumps({"out": s["out"], "jobs": s["jobs"], "stages_computed": len(s["computed"]),
+                      "stages_reused": len(s["reused"]), "wall_s": round(s["wall_s"], 1)}, indent=2))
     return 0
 
 # %% ../nbs/09_cli.ipynb #c4c94441
@@ -197,10 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="results folder (default: results/<preset>); rerun to resume")
     r.add_argument("--n-per-class", type=int, default=None, help="evaluation samples per class (default: the protocol's)")
     r.add_argument("--relearn-images", type=int, default=None, help="forgotten images of the relearning attack (default 10)")
-    r.add_argument("--relearn-steps", type=int, default=None, help="finetuning steps of the relearning attack (default 100)")
+    r.add_argument("--relearn-steps", type=int, default=None, help="finetuning steps of the relearning attack (default 20)")
     r.add_argument("--no-sweep", action="store_true", help="skip EraseDiff's lambda/steps sweep (trade-off figure)")
     r.add_argument("--no-figures", action="store_true", help="write the table only")
     r.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
+    r.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: 1 on a GPU, min(4, cores) on CPU); results are bit-identical for "
+                        "the same jobs and machine")
     r.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_reproduce)

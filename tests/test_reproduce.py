@@ -2,59 +2,28 @@
 numbers are those of the run folders. The stages are replaced by fast deterministic fakes here (the real stages run in
 nbs/07_reproduce.ipynb); what is tested is the orchestration around them."""
 import csv
-import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import _fake_stages as fakes
 import erasediff.reproduce as R
 from erasediff.cli import main
-
-
-def _value(*parts) -> float:
-    "A deterministic number in [0, 1) from the parts (what a stage 'measured')."
-    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:8], 16) / 16**8
+from erasediff.unlearn import default_config
 
 
 @pytest.fixture
 def fake_stages(monkeypatch):
-    calls = []
-
-    def unlearn(preset, forget, out, *, method, seed, config=None, eval_per_class=None, progress=True, device=None):
-        calls.append(("unlearn", method, seed))
-        (out / "unet").mkdir(parents=True)
-        (out / "unet" / "weights.bin").write_bytes(f"{method}-{seed}".encode())
-        (out / "metrics.json").write_text(json.dumps({"unlearn_seconds": 10 + _value(method, seed), "peak_rss_mb": 500.0}))
-
-    def evaluate(checkpoint, preset, *, out, n_per_class, seed, **kw):
-        key = Path(checkpoint).parent.parent.parent.name if Path(checkpoint).name == "unet" else Path(checkpoint).name
-        calls.append(("eval", key, seed))
-        v = lambda *p: _value(key, seed, *p)
-        m = {"accuracy_by_w": {w: {"forget": v("f", w), "remain": v("r", w)} for w in ("0", "0.5", "1")},
-             "accuracy_worst": {"forget": v("fw"), "remain": v("rw")},
-             "classifier_fd": {"forget": 10 * v("fdf"), "remain": v("fdr")},
-             "precision_recall": {"remain": {"precision": v("p"), "recall": v("rc")}},
-             "forget_confidence": {"0.5": {"entropy": v("h"), "p_forget": v("pf")}},
-             "weight_distance": {"relative": v("wd")},
-             "mia": {"avg_loss": {"auc": v("auc")}, "chance": {"avg_loss": {"auc": {"mean": 0.5, "std": 0.03}}}}}
-        out.mkdir(parents=True)
-        (out / "metrics.json").write_text(json.dumps(m))
-        return m
-
-    def relearn(checkpoint, preset, config, *, seed, **kw):
-        key = Path(checkpoint).parent.parent.parent.name if Path(checkpoint).name == "unet" else Path(checkpoint).name
-        calls.append(("relearn", key, seed))
-        return {"forget_after": _value(key, seed, "relearn"), "seed": seed}
-
-    monkeypatch.setattr(R, "unlearn", unlearn)
-    monkeypatch.setattr(R, "evaluate_checkpoint", evaluate)
-    monkeypatch.setattr(R, "relearn_attack", relearn)
-    return calls
+    fakes.CALLS.clear()
+    fakes.install(monkeypatch.setattr)
+    return fakes.CALLS
 
 
-CFG = R.ReproduceConfig(seeds=2, methods=("erasediff", "salun"), sweep=False)
+CFG = R.ReproduceConfig(seeds=2, methods=("erasediff", "salun"), sweep=False, jobs=1)
 
 
 def test_plan_is_deterministic_and_complete():
@@ -70,7 +39,7 @@ def test_plan_is_deterministic_and_complete():
 @pytest.mark.parametrize("kw, msg", [(dict(seeds=0), "seeds"), (dict(methods=("erasediff", "nope")), "nope"),
                                      (dict(methods=("retrain",)), "reference"), (dict(methods=()), "at least one"),
                                      (dict(methods=("sa", "sa")), "repeated"), (dict(preset="mnist9"), "preset"),
-                                     (dict(n_per_class=1), "n_per_class")])
+                                     (dict(n_per_class=1), "n_per_class"), (dict(jobs=0), "jobs")])
 def test_bad_config_is_refused(kw, msg):
     with pytest.raises(ValueError, match=msg):
         R.ReproduceConfig(**kw)
@@ -161,3 +130,84 @@ def test_changed_settings_redo_only_the_stages_they_touch(tmp_path, fake_stages)
     del fake_stages[:]
     third = R.reproduce(replace(CFG, n_per_class=5, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False, figures=False)
     assert sorted({s.split(":")[1] for s in third["computed"]}) == ["eval", "relearn"] and not any(c[0] == "unlearn" for c in fake_stages)
+
+
+def test_sweep_points_are_reused_only_with_the_same_settings(monkeypatch, tmp_path):
+    "The lambda sweep's point files carry their settings: a rerun reuses them; other overrides or probes redo them."
+    calls = []
+
+    def unlearn(preset, forget, out, *, method, seed, config=None, callback=None, **kw):
+        calls.append(config["lam"])
+        for step in range(1, 1000):
+            callback(step, None, {})
+
+    monkeypatch.setattr(R, "unlearn", unlearn)
+    monkeypatch.setattr(R, "_probe", lambda *a, **k: {"forget": 0.5, "remain": 0.9, "fd_remain": 1.0})
+    cfg = R.ReproduceConfig(seeds=1, methods=("erasediff",), unlearn_overrides={"epochs": 1})
+    splits = SimpleNamespace(remain=SimpleNamespace(tensors=lambda: (None,)))
+    run = lambda c, **k: R.tradeoff_sweep(tmp_path, c, classifier=None, splits=splits, lams=(0.1, 1.0), progress=False, **k)
+    pts = run(cfg)["points"]
+    steps = replace(default_config(cfg.get_preset()), epochs=1).steps
+    at = [round(steps / 2), steps]
+    assert calls == [0.1, 1.0] and [(p["lam"], p["step"]) for p in pts] == [(0.1, at[0]), (0.1, at[1]), (1.0, at[0]), (1.0, at[1])]
+    assert run(cfg)["points"] == pts and calls == [0.1, 1.0]                       # reused
+    run(cfg, n_forget=4)                                                            # another probe: recomputed
+    assert calls == [0.1, 1.0] * 2
+    run(R.ReproduceConfig(seeds=1, methods=("erasediff",), unlearn_overrides={"epochs": 1, "lr": 1e-5}))
+    assert calls == [0.1, 1.0] * 3                                                  # other overrides: recomputed
+    f = tmp_path / "runs" / "sweep" / "lam0.1.json"
+    f.write_text(json.dumps({"lam": 0.1, "points": []}))                            # a record without settings
+    run(R.ReproduceConfig(seeds=1, methods=("erasediff",), unlearn_overrides={"epochs": 1, "lr": 1e-5}))
+    assert calls == [0.1, 1.0] * 3 + [0.1]
+
+
+def test_parallel_workers_give_the_same_results_and_resume(tmp_path, fake_stages):
+    "Runs spread over 2 worker processes: the same stages and table as one process; a rerun reuses everything."
+    from dataclasses import replace
+    serial = R.reproduce(CFG, tmp_path / "serial", progress=False, figures=False)
+    par = R.reproduce(replace(CFG, jobs=2), tmp_path / "par", progress=False, figures=False, worker_setup=fakes.install)
+    assert par["jobs"] == 2 and sorted(par["computed"]) == sorted(serial["computed"])
+    assert (tmp_path / "par/table.csv").read_text() == (tmp_path / "serial/table.csv").read_text()
+    again = R.reproduce(replace(CFG, jobs=2), tmp_path / "par", progress=False, figures=False, worker_setup=fakes.install)
+    assert again["computed"] == [] and sorted(again["reused"]) == sorted(serial["computed"])
+
+
+def test_a_second_writer_is_refused(tmp_path, fake_stages):
+    held = R._lock(tmp_path)
+    try:
+        with pytest.raises(R.ResultsInUseError, match="another `erasediff reproduce`"):
+            R.reproduce(CFG, tmp_path, progress=False, figures=False)
+        assert not (tmp_path / "runs").exists()
+        assert main(["reproduce", "--seeds", "1", "--methods", "neggrad", "--out", str(tmp_path), "--quiet"]) == 2
+    finally:
+        held.close()
+    R.reproduce(CFG, tmp_path, progress=False, figures=False)                     # released: runs
+
+
+def test_workers_die_with_a_killed_reproduce(tmp_path):
+    "SIGKILL of the parent leaves no worker writing on: each worker exits once its parent is gone."
+    import os, signal, subprocess, sys, time
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing as mp, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from erasediff.reproduce import _die_with_parent\n"
+        "def work(path):\n"
+        "    open(path, 'w').write(str(os.getpid())); time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_die_with_parent) as pool:\n"
+        "        pool.submit(work, sys.argv[1]).result()\n")
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    for _ in range(600):
+        if pid_file.exists() and pid_file.read_text(): break
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGKILL); parent.wait()
+    for _ in range(50):
+        try: os.kill(worker, 0)
+        except ProcessLookupError: break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent by 5 s")
