@@ -194,11 +194,13 @@ def fisher_diagonal(model: nn.Module, images: torch.Tensor, labels: Optional[tor
 def cached_fisher(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor], schedule: NoiseSchedule,
                   timesteps: int = 10, seed: int = 0, cache: bool = True, progress: bool = False) -> tuple[dict, dict]:
     """`fisher_diagonal`, read from / written to the cache (atomically) under a key of the weights' sha256, the images,
-    the timesteps and the seed. Returns (F, info) with info = {"key", "weights_sha256", "cached": read from cache}."""
+    the timesteps, the seed and the CPU thread count (a backward pass sums in another order with another count: the
+    cache must not make a result depend on what ran before). Returns (F, info) with info = {"key",
+    "weights_sha256", "cached": read from cache}."""
     w = _weights_sha256(model)
     h = hashlib.sha256(w.encode())
     for part in (images.numpy().tobytes(), b"" if labels is None else labels.numpy().tobytes(),
-                 f"{timesteps}|{seed}|{schedule.T}".encode()):
+                 f"{timesteps}|{seed}|{schedule.T}|threads={torch.get_num_threads()}".encode()):
         h.update(part)
     key = h.hexdigest()[:24]
     path = cache_dir() / "fisher" / f"{key}.pt"

@@ -222,3 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"erasediff {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":                                  # `python -m erasediff.cli ...` (e.g. from a source checkout)
+    sys.exit(main())

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -227,17 +228,25 @@ def stage_settings(run: Run, stage: str, config: ReproduceConfig) -> dict:
     return {**base, "relearn": asdict(config.relearn), "sampler": asdict(preset.sampler)}
 
 
+def _record_threads(run_dir: Path, stage: str) -> Optional[int]:
+    try: return json.loads((run_dir / f"{stage}.done.json").read_text()).get("threads")
+    except (OSError, ValueError, AttributeError): return None
+
+
 def run_one(run: Run, root: Path, config: ReproduceConfig, *, classifier=None, splits=None, progress: bool = True,
             on_stage: Optional[Callable[[str], None]] = None) -> dict:
-    "Finish the run `run` under `root/runs/`; returns {'computed': [...], 'reused': [...]} stage names."
+    """Finish the run `run` under `root/runs/`; returns {'computed', 'reused', 'other_threads'}: stage names, the last
+    those reused stages that were computed with another CPU thread count (their floats can differ in the last bits)."""
     preset = config.get_preset()
     run_dir = root / "runs" / run.method / f"seed{run.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    done = {"computed": [], "reused": []}
+    done = {"computed": [], "reused": [], "other_threads": []}
     for stage in run.stages:
         settings = stage_settings(run, stage, config)
         if stage_done(run_dir, stage, settings):
-            done["reused"].append(stage); continue
+            done["reused"].append(stage)
+            if _record_threads(run_dir, stage) not in (None, torch.get_num_threads()): done["other_threads"].append(stage)
+            continue
         reset_from(run_dir, stage, run.stages)
         if on_stage: on_stage(stage)
         if stage == "unlearn":
@@ -297,10 +306,15 @@ def sweep_point(root: Path, config: ReproduceConfig, lam: float, *, classifier, 
     def probe(step, model, logs):
         if step in at: pts.append({"lam": lam, "step": step, **_probe(model, classifier, schedule, preset, splits,
                                                                         real_remain, n_forget, n_remain, 0)})
-    with tempfile.TemporaryDirectory() as tmp:
-        unlearn(preset, preset.forget_classes, Path(tmp) / "u", method="erasediff", seed=0,
+    for left in f.parent.glob(f".{f.stem}.*.tmp"): shutil.rmtree(left, ignore_errors=True)  # of a killed sweep run
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=f.parent, prefix=f".{f.stem}.", suffix=".tmp"))       # the model is not kept
+    try:
+        unlearn(preset, preset.forget_classes, tmp / "u", method="erasediff", seed=0,
                 config={**config.unlearn_overrides, "lam": lam},
                 eval_per_class=0, progress=progress, device=config.device, callback=probe)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     atomic_write_json(f, {"lam": lam, "points": pts, "settings": settings})
     return pts, True
 
@@ -428,13 +442,14 @@ def _lock(out: Path):
     return fh
 
 
-def _die_with_parent() -> None:
-    "In a worker: exit as soon as the process that started it is gone (a killed `reproduce` leaves no orphan writer)."
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
+    """In a worker started by the process `parent`: exit now if it is already gone (killed while this worker was still
+    importing), and as soon as it goes later (a killed `reproduce` leaves no orphan writer)."""
     try:
         import ctypes, signal
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)             # PR_SET_PDEATHSIG (Linux)
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)             # PR_SET_PDEATHSIG (Linux): from now on
     except Exception: pass
+    if os.getppid() != parent: os._exit(1)                     # the parent died before that
     def watch():
         while os.getppid() == parent: time.sleep(0.5)
         os._exit(1)
@@ -444,8 +459,9 @@ def _die_with_parent() -> None:
 _WORKER: dict = {}
 
 
-def _worker_init(config: ReproduceConfig, threads: int, queue, setup: Optional[Callable[[], None]] = None) -> None:
-    _die_with_parent()
+def _worker_init(parent: int, config: ReproduceConfig, threads: int, queue,
+                 setup: Optional[Callable[[], None]] = None) -> None:
+    _die_with_parent(parent)
     torch.set_num_threads(threads)
     if setup is not None: setup()
     preset = config.get_preset()
@@ -476,19 +492,36 @@ def _tasks(config: ReproduceConfig) -> list[tuple]:
     return sorted(tasks, key=cost, reverse=True)
 
 
-def _run_parallel(config: ReproduceConfig, out: Path, jobs: int, progress: bool,
-                  worker_setup: Optional[Callable[[], None]] = None) -> tuple[list, list, list]:
-    """Every task of `_tasks(config)` on `jobs` spawned worker processes of cores // jobs threads each; a bar over the
-    tasks and one per worker showing its run's stage. Returns (computed, reused, computed sweep lambdas)."""
+def _pool(config: ReproduceConfig, jobs: int, threads: int, queue, setup=None):
+    "`jobs` spawned workers, each initialised by `_worker_init` (threads, data, classifier, `setup`)."
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    ctx = mp.get_context("spawn")
-    queue, threads = ctx.Queue(), max(1, _cores() // jobs)
+    from concurrent.futures import ProcessPoolExecutor
+    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(), config, threads, queue, setup))
+
+
+def _kill(pool) -> None:
+    "Kill the workers of `pool` (also those busy with a task: a cancel cannot stop them) and wait until they are gone."
+    procs = list(getattr(pool, "_processes", {}).values())   # (private, but the only handle on a busy worker)
+    for p in procs: p.kill()
+    for p in procs: p.join()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_parallel(config: ReproduceConfig, out: Path, jobs: int, progress: bool,
+                  worker_setup: Optional[Callable[[], None]] = None) -> tuple[list, list, list, list]:
+    """Every task of `_tasks(config)` on `jobs` spawned worker processes of cores // jobs threads each; a bar over the
+    tasks and one per worker showing its run's stage. Returns (computed, reused, computed sweep lambdas, reused
+    stages made with another thread count)."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, wait
+    queue, threads = mp.get_context("spawn").Queue(), max(1, _cores() // jobs)
     tasks = _tasks(config)
-    computed, reused, lams = [], [], []
+    computed, reused, lams, other = [], [], [], []
     bar = tqdm(total=len(tasks), desc=f"reproduce {config.preset} ({jobs} workers)", disable=not progress, unit="task")
     slots: dict = {}
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(config, threads, queue, worker_setup)) as pool:
+    pool = _pool(config, jobs, threads, queue, worker_setup)
+    with pool:
         futures = {pool.submit(_worker_task, t, out): t for t in tasks}
         pending = set(futures)
         try:
@@ -508,14 +541,15 @@ def _run_parallel(config: ReproduceConfig, out: Path, jobs: int, progress: bool,
                     else:
                         computed += [f"{what.name}:{s}" for s in res["computed"]]
                         reused += [f"{what.name}:{s}" for s in res["reused"]]
+                        other += [f"{what.name}:{s}" for s in res["other_threads"]]
                     bar.update(1)
-        except BaseException:
-            for f in pending: f.cancel()
+        except BaseException:                                # a failed task, Ctrl-C: stop every worker now, then
+            _kill(pool)                                      # re-raise (the caller releases the lock after this)
             raise
         finally:
             for sb in slots.values(): sb.close()
             bar.close()
-    return computed, reused, lams
+    return computed, reused, lams, other
 
 
 def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = None, *, progress: bool = True,
@@ -539,9 +573,9 @@ def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = No
         atomic_write_json(out / "plan.json", {"config": asdict(config), "runs": [r.name for r in runs]})
         jobs = min(config.n_jobs(), len(runs))
         if jobs > 1:
-            computed, reused, lams = _run_parallel(config, out, jobs, progress, worker_setup)
+            computed, reused, lams, other = _run_parallel(config, out, jobs, progress, worker_setup)
         else:
-            computed, reused, lams = [], [], []
+            computed, reused, lams, other = [], [], [], []
             bar = tqdm(runs, desc=f"reproduce {preset.name}", disable=not progress, unit="run")
             for run in bar:
                 bar.set_postfix_str(run.name)
@@ -549,6 +583,10 @@ def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = No
                             on_stage=lambda s: bar.set_postfix_str(f"{run.name}: {s}"))
                 computed += [f"{run.name}:{s}" for s in d["computed"]]
                 reused += [f"{run.name}:{s}" for s in d["reused"]]
+                other += [f"{run.name}:{s}" for s in d["other_threads"]]
+        if other:
+            warnings.warn(f"{len(other)} reused stages were computed with another CPU thread count (another --jobs), e.g. "
+                          f"{other[0]}: a fresh run's numbers can differ from theirs in the last bits", stacklevel=2)
         if config.sweep:                                       # (in parallel mode every point exists: this only gathers)
             lams += tradeoff_sweep(out, config, classifier=classifier, splits=splits, progress=progress)["computed"]
             (computed if lams else reused).append("sweep")
@@ -566,7 +604,8 @@ def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = No
     finally:
         lock.close()
     wall = time.perf_counter() - t0
-    summary = {"rows": rows, "computed": computed, "reused": reused, "wall_s": wall, "out": str(out), "jobs": jobs}
+    summary = {"rows": rows, "computed": computed, "reused": reused, "wall_s": wall, "out": str(out), "jobs": jobs,
+               "other_threads": other}
     if progress:
         print(f"reproduce {preset.name}: {len(runs)} runs on {jobs} worker(s), {len(computed)} stages computed, "
               f"{len(reused)} reused, {wall:.0f} s; table in {out / 'table.md'}")

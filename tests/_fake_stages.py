@@ -51,3 +51,20 @@ def install(setattr_=setattr) -> None:
     setattr_(R, "unlearn", unlearn)
     setattr_(R, "evaluate_checkpoint", evaluate)
     setattr_(R, "relearn_attack", relearn)
+
+
+def _slow_unlearn(preset, forget, out, *, method, seed, **kw):
+    "Announce the start (a file `started-<method>-<seed>` beside the runs), then take a minute; erasediff/seed0 fails."
+    root = Path(out).parents[3]
+    (root / f"started-{method}-{seed}").write_text("")
+    if (method, seed) == ("erasediff", 0): raise RuntimeError("boom: a failing stage")
+    import time
+    time.sleep(60)
+    unlearn(preset, forget, out, method=method, seed=seed)
+
+
+def install_slow(setattr_=setattr) -> None:
+    "The fakes, with an unlearn stage that takes a minute (and fails for erasediff/seed0)."
+    import erasediff.reproduce as R
+    install(setattr_)
+    setattr_(R, "unlearn", _slow_unlearn)

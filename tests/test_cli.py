@@ -13,6 +13,8 @@ def test_help_lists_subcommands():
     assert out.returncode == 0
     for cmd in ("train", "presets"):
         assert cmd in out.stdout
+    mod = subprocess.run([sys.executable, "-m", "erasediff.cli", "presets"], capture_output=True, text=True)
+    assert mod.returncode == 0 and "digits" in mod.stdout                  # `python -m erasediff.cli` runs it too
 
 
 def test_bad_input_is_rejected_before_work(tmp_path, capsys):

@@ -184,30 +184,63 @@ def test_a_second_writer_is_refused(tmp_path, fake_stages):
     R.reproduce(CFG, tmp_path, progress=False, figures=False)                     # released: runs
 
 
-def test_workers_die_with_a_killed_reproduce(tmp_path):
-    "SIGKILL of the parent leaves no worker writing on: each worker exits once its parent is gone."
-    import os, signal, subprocess, sys, time
+def _token_processes(token: str) -> list[int]:
+    "Pids of live processes whose environment holds `token` (Linux /proc)."
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit(): continue
+        try:
+            if token.encode() in (d / "environ").read_bytes(): pids.append(int(d.name))
+        except OSError: pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("when", ["starting", "busy"])
+def test_workers_die_with_a_killed_reproduce(tmp_path, when):
+    """SIGKILL of `reproduce` leaves no worker writing on, whether the worker was still starting (importing) or busy
+    with a stage: it exits once its parent is gone and never records the stage."""
+    import os, signal, subprocess, sys, time, uuid
+    token = f"ERASEDIFF_TEST_{uuid.uuid4().hex}"
     script = tmp_path / "parent.py"
     script.write_text(
-        "import multiprocessing as mp, os, sys, time\n"
-        "from concurrent.futures import ProcessPoolExecutor\n"
-        "from erasediff.reproduce import _die_with_parent\n"
-        "def work(path):\n"
-        "    open(path, 'w').write(str(os.getpid())); time.sleep(60)\n"
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import erasediff.reproduce as R, _fake_stages as fakes\n"
         "if __name__ == '__main__':\n"
-        "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_die_with_parent) as pool:\n"
-        "        pool.submit(work, sys.argv[1]).result()\n")
-    pid_file = tmp_path / "worker.pid"
-    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
-    for _ in range(600):
-        if pid_file.exists() and pid_file.read_text(): break
-        time.sleep(0.1)
-    worker = int(pid_file.read_text())
+        "    import multiprocessing as mp\n"
+        "    out = R.Path(sys.argv[1])\n"
+        "    cfg = R.ReproduceConfig(seeds=1, methods=('salun',), sweep=False, jobs=1)\n"
+        "    pool = R._pool(cfg, 1, 1, mp.get_context('spawn').Queue(), fakes.install_slow)\n"
+        "    pool.submit(R._worker_task, ('run', R.Run('salun', 0)), out)\n"
+        "    (out / 'submitted').write_text('')\n"
+        "    time.sleep(120)\n")
+    out = tmp_path / "out"; out.mkdir()
+    parent = subprocess.Popen([sys.executable, str(script), str(out)], env={**os.environ, token: "1"})
+    wait_for = out / ("submitted" if when == "starting" else "started-salun-0")
+    for _ in range(1200):
+        if wait_for.exists(): break
+        time.sleep(0.05)
+    assert wait_for.exists()
     os.kill(parent.pid, signal.SIGKILL); parent.wait()
-    for _ in range(50):
-        try: os.kill(worker, 0)
-        except ProcessLookupError: break
+    for _ in range(300):
+        alive = [p for p in _token_processes(token) if p != os.getpid()]
+        if not alive: break
         time.sleep(0.1)
     else:
-        os.kill(worker, signal.SIGKILL)
-        pytest.fail("the worker outlived its killed parent by 5 s")
+        for p in alive: os.kill(p, signal.SIGKILL)
+        pytest.fail(f"workers outlived their killed parent by 30 s ({when})")
+    assert not (out / "runs/salun/seed0/unlearn.done.json").exists()
+    if when == "starting": assert not (out / "started-salun-0").exists()     # never began the task
+
+
+def test_a_failing_task_stops_every_worker_now(tmp_path):
+    "A stage that fails ends the reproduction at once (busy workers are not waited for) and frees the results folder."
+    import multiprocessing, time
+    cfg = R.ReproduceConfig(seeds=2, methods=("erasediff", "salun"), sweep=False, jobs=2)
+    t = time.perf_counter()
+    with pytest.raises(RuntimeError, match="boom"):
+        R.reproduce(cfg, tmp_path, progress=False, figures=False, worker_setup=fakes.install_slow)
+    assert time.perf_counter() - t < 45                      # the other worker sleeps 60 s in its stage
+    assert multiprocessing.active_children() == []
+    R._lock(tmp_path).close()                                # the lock is free again
