@@ -33,15 +33,17 @@ from .train import DiffusionObjective, LoopConfig, Preset, fit, get_preset, load
 from .unlearn import get_method, guidance_scales, sample_accuracy, unlearn
 
 # %% auto #0
-__all__ = ['REFERENCES', 'TABLE_METHODS', 'STAGES', 'EVAL_PER_CLASS', 'SWEEP_LAMS', 'NAMES', 'RelearnConfig', 'ReproduceConfig',
-           'Run', 'plan', 'mark_done', 'stage_done', 'reset_from', 'relearn_images', 'relearn_attack', 'stage_settings',
-           'run_one', 'sweep_point', 'sweep_lams', 'tradeoff_sweep', 'collect', 'table_rows', 'table_markdown',
-           'table_csv', 'ResultsInUseError', 'reproduce']
+__all__ = ['REFERENCES', 'TABLE_METHODS', 'STAGES', 'DEPENDS', 'EVAL_PER_CLASS', 'EVAL_REMAIN_OTHER_W', 'SWEEP_LAMS', 'NAMES',
+           'RelearnConfig', 'ReproduceConfig', 'Run', 'plan', 'mark_done', 'stage_done', 'reset_from', 'relearn_images',
+           'relearn_attack', 'stage_settings', 'run_one', 'sweep_point', 'sweep_lams', 'tradeoff_sweep', 'collect',
+           'table_rows', 'table_markdown', 'table_csv', 'ResultsInUseError', 'reproduce']
 
 # %% ../nbs/07_reproduce.ipynb #8920fb89
 REFERENCES = ("unscrubbed", "retrain")
 TABLE_METHODS = ("erasediff", "finetune", "neggrad", "blindspot", "sa", "salun", "so", "ts")
 STAGES = ("unlearn", "eval", "relearn")
+DEPENDS = {"unlearn": (), "eval": ("unlearn",), "relearn": ("unlearn",)}   # what each stage reads (the attack reads
+                                                                          # the model, not its evaluation)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class RelearnConfig:
 
 # evaluation samples per class in the table's protocol; cifar10 follows the peers (5,000 per class, w = 1 i.e. scale 2)
 EVAL_PER_CLASS = {"digits": 12, "cifar10": 5000}
+# remaining-class samples at the other guidance scales (w = 0 and 1), as a share of the above: on digits half, so that
+# 3 seeds x 8 classes x 6 = 144 images per scale can resolve a few points (at evaluate's default of 2 per class one
+# image is 6 points); elsewhere evaluate's default (a fifth)
+EVAL_REMAIN_OTHER_W = {"digits": 0.5}
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,11 @@ class ReproduceConfig:
 
     def eval_per_class(self) -> int:
         return self.n_per_class or EVAL_PER_CLASS.get(self.preset) or get_preset(self.preset).eval_per_class
+
+    def eval_remain_other_w(self) -> Optional[int]:
+        "Remaining-class samples per class at w = 0 and 1 (None: evaluate's default)."
+        f = EVAL_REMAIN_OTHER_W.get(self.preset)
+        return None if f is None else max(2, round(self.eval_per_class() * f))
 
     def n_jobs(self) -> int:
         """Worker processes: `jobs` if given; else 1 on a GPU (one device) and min(4, cores) on CPU, where small
@@ -166,8 +177,8 @@ def stage_done(run_dir: Path, stage: str, settings: Optional[dict] = None) -> bo
 
 
 def reset_from(run_dir: Path, stage: str, stages: Sequence[str] = STAGES) -> None:
-    "Remove `stage` and every later stage of the run (outputs and records)."
-    for s in stages[stages.index(stage):]:
+    "Remove `stage` and every stage of `stages` that reads its output (`DEPENDS`): their outputs and records."
+    for s in [x for x in stages if x == stage or stage in DEPENDS[x]]:
         (run_dir / f"{s}.done.json").unlink(missing_ok=True)
         shutil.rmtree(run_dir / s, ignore_errors=True)
         if s == "relearn": (run_dir / "relearn.json").unlink(missing_ok=True)
@@ -224,7 +235,8 @@ def stage_settings(run: Run, stage: str, config: ReproduceConfig) -> dict:
     preset = config.get_preset()
     base = {"preset": preset.name, "forget": list(preset.forget_classes), "seed": run.seed, "method": run.method}
     if stage == "unlearn": return {**base, "overrides": config.unlearn_overrides}
-    if stage == "eval": return {**base, "n_per_class": config.eval_per_class(), "sampler": asdict(preset.sampler)}
+    if stage == "eval": return {**base, "n_per_class": config.eval_per_class(), "sampler": asdict(preset.sampler),
+                                "n_remain_other_w": config.eval_remain_other_w()}
     return {**base, "relearn": asdict(config.relearn), "sampler": asdict(preset.sampler)}
 
 
@@ -256,7 +268,7 @@ def run_one(run: Run, root: Path, config: ReproduceConfig, *, classifier=None, s
             evaluate_checkpoint(_checkpoint(run, run_dir, preset), preset, out=run_dir / "eval",
                                 n_per_class=config.eval_per_class(), seed=run.seed, progress=progress,
                                 classifier=classifier, reference_retrain="shipped", device=config.device,
-                                n_conflict_pairs=0)
+                                n_conflict_pairs=0, n_remain_other_w=config.eval_remain_other_w())
         else:
             dev = config.device or ("cuda" if preset.device == "cuda" and torch.cuda.is_available() else "cpu")
             r = relearn_attack(_checkpoint(run, run_dir, preset), preset, config.relearn, seed=run.seed,
@@ -592,8 +604,10 @@ def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = No
             (computed if lams else reused).append("sweep")
         rows = table_rows(collect(out, config), preset)
         rl, sm = config.relearn, preset.sampler
+        n_other = config.eval_remain_other_w() or max(2, config.eval_per_class() // 5)
         budget = (f"Evaluation: {config.eval_per_class()} samples per class at w = {sm.w:g} ({sm.sampler.upper()} "
-                  f"{sm.steps} steps), the forgotten classes also at w = 0 and 1; relearning attack: {rl.n_images} "
+                  f"{sm.steps} steps), the forgotten classes also at w = 0 and 1, the remaining ones there with {n_other} "
+                  f"per class; relearning attack: {rl.n_images} "
                   f"forgotten images, {rl.steps} steps at lr {rl.lr:g}, {rl.n_per_class} samples per forgotten class.")
         atomic_write_bytes(out / "table.md", table_markdown(rows, preset, budget).encode())
         atomic_write_bytes(out / "table.csv", table_csv(rows, preset).encode())

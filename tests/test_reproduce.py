@@ -69,10 +69,11 @@ def test_damaged_or_partial_runs_are_detected_and_redone(tmp_path, fake_stages):
     (runs / "unscrubbed/seed1/relearn.done.json").write_text("{")
     del fake_stages[:]
     again = R.reproduce(CFG, tmp_path, progress=False, figures=False)
+    # (a redone evaluation does not redo the attack: that reads the model, not its evaluation)
     assert sorted(again["computed"]) == sorted(["salun/seed1:unlearn", "salun/seed1:eval", "salun/seed1:relearn",
-                                                "erasediff/seed0:eval", "erasediff/seed0:relearn", "unscrubbed/seed1:relearn"])
+                                                "erasediff/seed0:eval", "unscrubbed/seed1:relearn"])
     assert sorted(fake_stages) == sorted([("unlearn", "salun", 1), ("eval", "salun", 1), ("relearn", "salun", 1),
-                                          ("eval", "erasediff", 0), ("relearn", "erasediff", 0), ("relearn", "unscrubbed", 1)])
+                                          ("eval", "erasediff", 0), ("relearn", "unscrubbed", 1)])
     assert (runs / "salun/seed1/unlearn/unet/weights.bin").read_bytes() == b"salun-1"
     assert (tmp_path / "table.md").read_text() == table_before          # the same table as before the damage
 
@@ -129,7 +130,7 @@ def test_changed_settings_redo_only_the_stages_they_touch(tmp_path, fake_stages)
     assert {c[0] for c in fake_stages} == {"relearn"}
     del fake_stages[:]
     third = R.reproduce(replace(CFG, n_per_class=5, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False, figures=False)
-    assert sorted({s.split(":")[1] for s in third["computed"]}) == ["eval", "relearn"] and not any(c[0] == "unlearn" for c in fake_stages)
+    assert sorted({s.split(":")[1] for s in third["computed"]}) == ["eval"] and {c[0] for c in fake_stages} == {"eval"}
 
 
 def test_sweep_points_are_reused_only_with_the_same_settings(monkeypatch, tmp_path):
