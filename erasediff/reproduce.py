@@ -471,11 +471,12 @@ def _die_with_parent(parent: int) -> None:
 _WORKER: dict = {}
 
 
-def _worker_init(parent: int, config: ReproduceConfig, threads: int, queue,
-                 setup: Optional[Callable[[], None]] = None) -> None:
+def _worker_init(parent: int, config: dict, threads: int, queue, setup: Optional[Callable[[], None]] = None) -> None:
+    "(`config` as `asdict` gives it: a notebook's own classes do not unpickle in a worker.)"
     _die_with_parent(parent)
     torch.set_num_threads(threads)
     if setup is not None: setup()
+    config = ReproduceConfig(**{**config, "methods": tuple(config["methods"]), "relearn": RelearnConfig(**config["relearn"])})
     preset = config.get_preset()
     train, test = preset.load_data()
     _WORKER.update(config=config, queue=queue, splits=make_splits(train, test, preset.forget_spec()),
@@ -483,8 +484,9 @@ def _worker_init(parent: int, config: ReproduceConfig, threads: int, queue,
 
 
 def _worker_task(task: tuple, out: Path):
-    "One task in a worker: ('run', Run) -> run_one's dict; ('sweep', lam) -> (points, computed)."
+    "One task in a worker: ('run', (method, seed)) -> run_one's dict; ('sweep', lam) -> (points, computed)."
     w, (kind, what) = _WORKER, task
+    if kind == "run": what = Run(*what)
     if kind == "sweep":
         w["queue"].put((os.getpid(), f"sweep lam={what:g}", "erasediff", 0, 1))
         return sweep_point(out, w["config"], what, classifier=w["classifier"], splits=w["splits"], progress=False)
@@ -508,8 +510,9 @@ def _pool(config: ReproduceConfig, jobs: int, threads: int, queue, setup=None):
     "`jobs` spawned workers, each initialised by `_worker_init` (threads, data, classifier, `setup`)."
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
-    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(os.getpid(), config, threads, queue, setup))
+    import erasediff.reproduce as package    # the package's functions: a worker cannot import a notebook's __main__
+    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=package._worker_init,
+                               initargs=(os.getpid(), asdict(config), threads, queue, setup))
 
 
 def _kill(pool) -> None:
@@ -534,7 +537,9 @@ def _run_parallel(config: ReproduceConfig, out: Path, jobs: int, progress: bool,
     slots: dict = {}
     pool = _pool(config, jobs, threads, queue, worker_setup)
     with pool:
-        futures = {pool.submit(_worker_task, t, out): t for t in tasks}
+        import erasediff.reproduce as package
+        futures = {pool.submit(package._worker_task, (k, (w.method, w.seed) if k == "run" else w), out): (k, w)
+                   for k, w in tasks}
         pending = set(futures)
         try:
             while pending:

@@ -213,7 +213,7 @@ def test_workers_die_with_a_killed_reproduce(tmp_path, when):
         "    out = R.Path(sys.argv[1])\n"
         "    cfg = R.ReproduceConfig(seeds=1, methods=('salun',), sweep=False, jobs=1)\n"
         "    pool = R._pool(cfg, 1, 1, mp.get_context('spawn').Queue(), fakes.install_slow)\n"
-        "    pool.submit(R._worker_task, ('run', R.Run('salun', 0)), out)\n"
+        "    pool.submit(R._worker_task, ('run', ('salun', 0)), out)\n"
         "    (out / 'submitted').write_text('')\n"
         "    time.sleep(120)\n")
     out = tmp_path / "out"; out.mkdir()

@@ -51,7 +51,8 @@ def execute(path: Path, slow: bool = False, timeout: int = 3600) -> float:
         c.outputs = [_clean(o) for o in r.outputs if not _noise(o)]
         c.execution_count = r.execution_count
     nbformat.write(nb, path)
-    subprocess.run(["nbdev-clean", "--fname", str(path)], check=True)
+    clean = Path(sys.executable).parent / "nbdev-clean"           # the environment's, activated or not
+    subprocess.run([str(clean) if clean.exists() else "nbdev-clean", "--fname", str(path)], check=True)
     return time.perf_counter() - t
 
 
