@@ -224,5 +224,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-if __name__ == "__main__":                                  # `python -m erasediff.cli ...` (e.g. from a source checkout)
+import builtins
+if __name__ == "__main__" and not hasattr(builtins, "__IPYTHON__"):   # `python -m erasediff.cli ...`, not this notebook
     sys.exit(main())
