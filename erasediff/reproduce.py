@@ -116,8 +116,11 @@ class ReproduceConfig:
         models use one core better than a thread does (digits sampling: 1.6x the throughput with 2 single-threaded
         workers on 2 cores)."""
         if self.jobs: return self.jobs
-        dev = self.device or ("cuda" if self.get_preset().device == "cuda" and torch.cuda.is_available() else "cpu")
-        return 1 if str(dev).startswith(("cuda", "mps")) else min(4, _cores())
+        return 1 if self.resolved_device().startswith(("cuda", "mps")) else min(4, _cores())
+
+    def resolved_device(self) -> str:
+        "`device`, else the preset's where it is available, else cpu."
+        return str(self.device or ("cuda" if self.get_preset().device == "cuda" and torch.cuda.is_available() else "cpu"))
 
 
 def _cores() -> int:
@@ -270,9 +273,8 @@ def run_one(run: Run, root: Path, config: ReproduceConfig, *, classifier=None, s
                                 classifier=classifier, reference_retrain="shipped", device=config.device,
                                 n_conflict_pairs=0, n_remain_other_w=config.eval_remain_other_w())
         else:
-            dev = config.device or ("cuda" if preset.device == "cuda" and torch.cuda.is_available() else "cpu")
             r = relearn_attack(_checkpoint(run, run_dir, preset), preset, config.relearn, seed=run.seed,
-                               classifier=classifier, splits=splits, device=dev, progress=progress)
+                               classifier=classifier, splits=splits, device=config.resolved_device(), progress=progress)
             atomic_write_json(run_dir / "relearn.json", r)
         mark_done(run_dir, stage, settings)
         done["computed"].append(stage)
