@@ -24,7 +24,7 @@ __all__ = ['build_parser', 'main']
 def _cmd_train(args) -> int:
     from dataclasses import asdict
     from erasediff.core import NoiseSchedule
-    from erasediff.train import class_recognition, get_preset, load_reference, ship_reference, train_reference
+    from erasediff.train import class_recognition, class_shares, get_preset, load_reference, ship_reference, train_reference
     preset = get_preset(args.preset, **({"device": args.device} if args.device else {})).with_data_root(args.data_root)
     res = train_reference(preset, args.what, args.out, forget_classes=args.forget, resume=args.resume,
                           overwrite=args.overwrite, steps=args.steps, seed=args.seed, progress=not args.quiet)
@@ -32,6 +32,16 @@ def _cmd_train(args) -> int:
     quality: dict = {}
     if args.what == "classifier":
         quality["test_accuracy"] = round(res.cost["test_accuracy"], 4)
+    elif args.what == "unconditional" and (args.ship or args.eval):
+        clf = load_reference(preset.name, "classifier")
+        n = 10 * preset.eval_per_class
+        shares = class_shares(res.model, clf, NoiseSchedule(preset.schedule), preset.sampler, n, progress=not args.quiet)
+        _, labels = preset.load_data()[0].tensors()
+        data = {c: float((labels == c).float().mean()) for c in shares}
+        quality = {"class_shares": {str(c): round(v, 4) for c, v in shares.items()},
+                   "data_shares": {str(c): round(v, 4) for c, v in data.items()},
+                   "max_share_gap": round(max(abs(shares[c] - data[c]) for c in shares), 4), "n": n,
+                   "sampler": asdict(preset.sampler)}
     elif args.ship or args.eval:
         clf = load_reference(preset.name, "classifier")
         rec = class_recognition(res.model, clf, NoiseSchedule(preset.schedule), preset.sampler, preset.eval_per_class,
@@ -133,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="{train,unlearn,evaluate,reproduce,presets}")
     t = sub.add_parser("train", help="train a reference model (unscrubbed / retrain) or the evaluation classifier")
     t.add_argument("--preset", default="digits", help="preset name (see `erasediff presets`)")
-    t.add_argument("--what", required=True, choices=["unscrubbed", "retrain", "classifier"])
+    t.add_argument("--what", required=True, choices=["unscrubbed", "retrain", "classifier", "unconditional"],
+                   help="unscrubbed: class-conditional on all of D; retrain: on D_r only; classifier: the evaluation "
+                        "classifier; unconditional: the same UNet without class embedding, on all of D")
     t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, history, samples)")
     t.add_argument("--forget", nargs="+", default=None, help="forget classes for --what retrain (default: the preset's)")
     t.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")

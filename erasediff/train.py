@@ -38,7 +38,7 @@ __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 
            'NonFiniteLossError', 'FitResult', 'fit', 'DigitsClassifier', 'ResNetClassifier', 'predict', 'accuracy',
            'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid',
            'show_grid', 'save_grid', 'train_reference', 'data_dir', 'read_manifest', 'reference_path', 'load_reference',
-           'ship_reference', 'class_recognition']
+           'ship_reference', 'class_recognition', 'class_shares']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -373,10 +373,11 @@ def get_preset(name: str, **overrides) -> Preset:
 # %% ../nbs/02_train.ipynb #5dc2123b
 def sample_grid(model: UNet2DModel, schedule: NoiseSchedule, sampler: SamplerConfig, n_per_class: int = 8,
                 seed: int = 0) -> torch.Tensor:
-    "CFG samples (K*n, C, H, W) in [-1, 1], `n_per_class` for each of the K classes (or K=1 row if unconditional)."
+    """CFG samples (K*n, C, H, W) in [-1, 1], `n_per_class` for each of the K classes; an unconditional model gives
+    as many as a 10-class grid (10*n)."""
     k = num_classes(model)
     labels = None if k is None else torch.arange(k).repeat_interleave(n_per_class)
-    return generate(model, schedule, labels, n=n_per_class if k is None else None, config=sampler, seed=seed, progress=False)
+    return generate(model, schedule, labels, n=10 * n_per_class if k is None else None, config=sampler, seed=seed, progress=False)
 
 
 def show_grid(images: torch.Tensor, nrow: int, ax=None, title: str = ""):
@@ -405,7 +406,7 @@ def save_grid(images: torch.Tensor, nrow: int, path: Path | str, title: str = ""
     return atomic_write_bytes(path, buf.getvalue())
 
 
-WHAT = ("unscrubbed", "retrain", "classifier")
+WHAT = ("unscrubbed", "retrain", "classifier", "unconditional")
 
 
 def _seed_everything(seed: int) -> None:
@@ -415,8 +416,8 @@ def _seed_everything(seed: int) -> None:
 def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_classes: Optional[Sequence] = None,
                     resume: bool = False, overwrite: bool = False, steps: Optional[int] = None, seed: Optional[int] = None,
                     progress: bool = True) -> FitResult:
-    """Train `what` ('unscrubbed': all of D, 'retrain': D_r only, 'classifier': the evaluation classifier) for `preset`,
-    into the run folder `out`. `steps`/`seed` override the preset's loop; forget classes default to the preset's."""
+    """Train `what` ('unscrubbed': all of D, 'retrain': D_r only, 'classifier': the evaluation classifier,
+    'unconditional': the preset's UNet without class embedding, on all of D) for `preset`, into the run folder `out`. `steps`/`seed` override the preset's loop; forget classes default to the preset's."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if what not in WHAT:
         raise ValueError(f"what must be one of {WHAT}, got {what!r}")
@@ -439,8 +440,9 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
         objective = ClassifierObjective()
         sample_fn = None
     else:
-        model = make_unet(preset.unet)
-        objective = DiffusionObjective(schedule, preset.p_uncond)
+        uncond = what == "unconditional"
+        model = make_unet(replace(preset.unet, num_classes=None) if uncond else preset.unet)
+        objective = DiffusionObjective(schedule, 0.0 if uncond else preset.p_uncond)
         def sample_fn(step, m):  # m: the weights that will be shipped (EMA)
             save_grid(sample_grid(m, schedule, preset.sampler, 8), 8, out / "samples" / f"step{step:07d}.png",
                       f"{what} step {step}")
@@ -536,3 +538,13 @@ def class_recognition(model: UNet2DModel, classifier: nn.Module, schedule: Noise
     labels = torch.arange(k).repeat_interleave(n_per_class)
     pred = predict(classifier, generate(model, schedule, labels, config=sampler, seed=seed, progress=progress))
     return per_class_accuracy(pred, labels)
+
+
+def class_shares(model: UNet2DModel, classifier: nn.Module, schedule: NoiseSchedule, sampler: SamplerConfig,
+                 n: int = 1000, seed: int = 0, progress: bool = True) -> dict[int, float]:
+    "Per class c: share of `n` samples of an unconditional model that `classifier` assigns to c (sums to 1)."
+    if num_classes(model) is not None:
+        raise ValueError("class_shares needs an unconditional model; use class_recognition for a class-conditional one")
+    pred = predict(classifier, generate(model, schedule, None, n=n, config=sampler, seed=seed, progress=progress))
+    k = int(getattr(classifier.config, "num_classes", int(pred.max()) + 1))
+    return {c: float((pred == c).float().mean()) for c in range(k)}
