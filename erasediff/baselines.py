@@ -122,6 +122,7 @@ class BlindSpotConfig(UnlearnConfig):
 
 class BlindSpotObjective(FinetuneObjective):
     "Distillation: D_f towards the blind-spot teacher, D_r towards the frozen original (or the noise)."
+    data_parallel = False   # one process only: its teacher is trained inside the first step
 
     def __init__(self, schedule, config=BlindSpotConfig(), forget_classes=None, seed=0):
         super().__init__(schedule, config, forget_classes, seed)
@@ -253,6 +254,7 @@ class SAConfig(UnlearnConfig):
 
 class SAObjective(FinetuneObjective):
     "Selective Amnesia (Heng & Soh 2023) on the paired batches; see SAConfig."
+    data_parallel = False   # one process only: its Fisher information sums squared per-batch gradients
 
     def __init__(self, schedule, config=SAConfig(), forget_classes=None, seed=0):
         super().__init__(schedule, config, forget_classes, seed)
@@ -350,6 +352,7 @@ def saliency_mask(model: nn.Module, forget: ImageSet, schedule: NoiseSchedule, f
 
 class SalUnObjective(ForgetObjective):
     "SalUn: masked gradient of L_f + alpha * L_r; weights outside the mask are held at their original values."
+    data_parallel = False   # one process only: its saliency mask is untested there
 
     def __init__(self, schedule, config=SalUnConfig(), forget_classes=None, seed=0):
         super().__init__(schedule, config, forget_classes, seed)

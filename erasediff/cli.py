@@ -23,7 +23,7 @@ __all__ = ['build_parser', 'main']
 # %% ../nbs/09_cli.ipynb #3aa3a40d
 def _cmd_train(args) -> int:
     from dataclasses import asdict
-    from erasediff.core import NoiseSchedule
+    from erasediff.core import NoiseSchedule, is_main_process
     from erasediff.train import class_recognition, class_shares, get_preset, load_reference, ship_reference, train_reference
     preset = get_preset(args.preset, **({"device": args.device} if args.device else {})).with_data_root(args.data_root)
     res = train_reference(preset, args.what, args.out, forget_classes=args.forget, resume=args.resume,
@@ -50,6 +50,7 @@ def _cmd_train(args) -> int:
                    "recognition_mean": round(sum(rec.values()) / len(rec), 4), "n_per_class": preset.eval_per_class,
                    "sampler": asdict(preset.sampler)}
     summary.update(quality)
+    if not is_main_process(): return 0           # under `accelerate launch`: every process trained and sampled, one writes
     if args.ship:
         command = "erasediff " + " ".join(shlex.quote(a) for a in args.argv)
         summary["manifest"] = ship_reference(args.out, preset.name, args.what, command, quality=quality)
@@ -159,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)
     u = sub.add_parser("unlearn", help="make a diffusion model forget classes, an attribute or samples")
-    u.add_argument("--preset", default="digits", help="preset name (see `erasediff presets`)")
-    u.add_argument("--forget", nargs="+", default=None, help="classes to forget, ids or names (default: the preset's)")
+    u.add_argument("--preset", "--dataset", dest="preset", default="digits",
+                   help="preset name, which is its dataset's (see `erasediff presets`)")
+    u.add_argument("--forget", "--forget-class", dest="forget", nargs="+", default=None,
+                   help="classes to forget, ids or names (default: the preset's)")
     u.add_argument("--forget-attribute", default=None, help="forget every image with this attribute (e.g. CelebA's Eyeglasses)")
     u.add_argument("--forget-ids", nargs="+", type=int, default=None, help="forget these training-set sample ids")
     u.add_argument("--out", required=True, type=Path, help="output folder (unet/, README.md model card, metrics.json)")

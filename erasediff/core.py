@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'num_classes', 'null_label', 'check_labels',
-           'drop_labels', 'predict_eps', 'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps',
-           'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample', 'generate',
-           'diffusers_scheduler', 'sample_with_diffusers', 'make_ema', 'ema_model', 'atomic_write_bytes',
-           'atomic_write_json', 'atomic_dir', 'sha256_path', 'save_unet', 'load_unet', 'check_device', 'measure']
+           'drop_labels', 'predict_eps', 'data_parallel', 'is_main_process', 'batch_shard', 'local_rows', 'all_mean',
+           'mean_scalars', 'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps', 'inference_timesteps',
+           'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample', 'generate', 'diffusers_scheduler',
+           'sample_with_diffusers', 'make_ema', 'ema_model', 'atomic_write_bytes', 'atomic_write_json', 'atomic_dir',
+           'sha256_path', 'save_unet', 'load_unet', 'check_schedule', 'check_device', 'measure']
 
 # %% ../nbs/00_core.ipynb #aa1c7706
 @dataclass(frozen=True)
@@ -119,6 +120,67 @@ def predict_eps(model: UNet2DModel, x_t: torch.Tensor, t: torch.Tensor, labels: 
     "The model's noise prediction eps_theta(x_t, t, c): (B,C,H,W)."
     return model(x_t, t, class_labels=labels).sample
 
+# %% ../nbs/00_core.ipynb #3431b92f
+_SHARD: Optional[tuple[int, int]] = None   # (rank, world size) while a training step runs on several processes
+
+
+def data_parallel() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless it was started by `accelerate launch` (or torchrun) with
+    several processes, in which case Accelerate's process group is set up (gloo on CPU, NCCL on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return 0, 1
+    from accelerate import PartialState
+    state = PartialState(cpu=not torch.cuda.is_available())   # without cpu=True, CPU processes would not join up
+    return state.process_index, state.num_processes
+
+
+def is_main_process() -> bool:
+    "Whether this process writes files and prints (rank 0; always true on one process)."
+    return data_parallel()[0] == 0
+
+
+@contextmanager
+def batch_shard(rank: int, world: int) -> Iterator[None]:
+    """Within the block, `local_rows` gives this process its contiguous share of every global batch. The training
+    loop enters it around each step, so every process draws the same global batch, noise and timesteps (the same
+    draws as one process would) and computes the loss on its own rows only."""
+    global _SHARD
+    if not 0 <= rank < world: raise ValueError(f"rank must be in 0..{world - 1}, got {rank}")
+    prev, _SHARD = _SHARD, (rank, world) if world > 1 else None
+    try: yield
+    finally: _SHARD = prev
+
+
+def local_rows(*tensors: Optional[torch.Tensor]) -> tuple:
+    "This process's rows of each (B, ...) tensor inside `batch_shard` (None stays None); all of them outside it."
+    if _SHARD is None: return tensors
+    rank, world = _SHARD
+    B = next(t for t in tensors if t is not None).shape[0]
+    if B % world:
+        raise ValueError(f"a batch of {B} does not split evenly over {world} processes; use a batch size divisible by {world}")
+    b = B // world
+    return tuple(None if t is None else t[rank * b:(rank + 1) * b] for t in tensors)
+
+
+def all_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The mean over processes of each tensor (gradients, scalars), in one all-reduce; the tensors themselves when
+    not inside a `batch_shard` of several processes. With equal shares this mean of local means is the global mean."""
+    tensors = list(tensors)
+    if _SHARD is None or not tensors: return tensors
+    from accelerate.utils import reduce
+    flat = reduce(torch.cat([t.detach().reshape(-1).float() for t in tensors]), reduction="mean")
+    out, i = [], 0
+    for t in tensors:
+        out.append(flat[i:i + t.numel()].view_as(t).to(t.dtype)); i += t.numel()
+    return out
+
+
+def mean_scalars(*values: float) -> tuple[float, ...]:
+    "`all_mean` for Python floats (e.g. losses to log, or a lambda rule's inputs, which every process must agree on)."
+    if _SHARD is None: return values
+    from accelerate import PartialState
+    from accelerate.utils import reduce
+    return tuple(reduce(torch.tensor(values, dtype=torch.float64, device=PartialState().device), reduction="mean").tolist())
+
 # %% ../nbs/00_core.ipynb #efb59e4d
 def eps_loss(model: UNet2DModel, x0: torch.Tensor, labels: Optional[torch.Tensor], schedule: NoiseSchedule, *,
              noise: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None, p_uncond: float = 0.0,
@@ -137,6 +199,7 @@ def eps_loss(model: UNet2DModel, x0: torch.Tensor, labels: Optional[torch.Tensor
         t = sample_timesteps(B, schedule.T, antithetic=antithetic, generator=generator, device=x0.device)
     if labels is not None and p_uncond > 0:
         labels = drop_labels(labels, null_label(model), p_uncond, generator)
+    x0, noise, t, labels = local_rows(x0, noise, t, labels)     # this process's rows (all of them on one process)
     eps = predict_eps(model, q_sample(x0, t, noise, schedule), t, labels)
     per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
     return per_sample.mean() if reduction == "mean" else per_sample
@@ -299,18 +362,42 @@ def generate(model: UNet2DModel, schedule: NoiseSchedule, labels: Optional[torch
              config: SamplerConfig = SamplerConfig(), batch_size: int = 250, seed: int = 0,
              progress: bool = True) -> torch.Tensor:
     """Sample in batches: one image per entry of `labels` (N,), or `n` unconditional images. Returns (N,C,H,W) on CPU.
-    Batch b uses a generator seeded with `seed + b`, so results do not depend on the device."""
+    Batch b uses a generator seeded with `seed + b`, so results do not depend on the device, nor on the number of
+    processes: under `accelerate launch` process r samples batches r, r + P, ... and every process gets all N images."""
     if labels is None and n is None:
         raise ValueError("give labels (class-conditional) or n (unconditional)")
     N = len(labels) if labels is not None else n
+    rank, world = data_parallel()
+    starts = list(enumerate(range(0, N, batch_size)))
+    mine = starts[rank::world]
     out = []
-    starts = range(0, N, batch_size)
-    for b, i in enumerate(tqdm(starts, desc="generating", disable=not progress or len(starts) < 2)):
+    for b, i in tqdm(mine, desc="generating", disable=not progress or len(starts) < 2 or rank > 0):
         m = min(batch_size, N - i)
         g = torch.Generator().manual_seed(seed + b)
         lab = None if labels is None else labels[i:i + m]
         out.append(sample(model, schedule, m, labels=lab, config=config, generator=g, progress=progress and len(starts) < 2).cpu())
+    if world > 1:
+        S = model.config.sample_size
+        out = _gather_batches(out, len(starts), rank, world, (model.config.in_channels, *((S, S) if isinstance(S, int) else S)))
     return torch.cat(out) if out else torch.empty(0)
+
+
+def _gather_batches(mine: list[torch.Tensor], n_batches: int, rank: int, world: int,
+                    shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """All `n_batches` batches (b, *shape), in order, on every process, from each process's batches r, r + P, ...
+    (one padded all-gather of the images and one of their counts)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather, pad_across_processes
+    dev = PartialState().device
+    local = torch.cat(mine) if mine else torch.empty(0, *shape)
+    sizes = gather(torch.tensor([len(x) for x in mine] + [0] * (n_batches - len(mine)), device=dev)).view(world, -1).cpu()
+    every = gather(pad_across_processes(local.to(dev), dim=0)).cpu().view(world, -1, *shape)
+    out = [None] * n_batches
+    for r in range(world):
+        pos = 0
+        for j, b in enumerate(range(r, n_batches, world)):
+            k = int(sizes[r, j]); out[b] = every[r, pos:pos + k]; pos += k
+    return out
 
 # %% ../nbs/00_core.ipynb #5924e815
 def diffusers_scheduler(schedule: NoiseSchedule, sampler: str = "ddim", clip_sample: bool = True):
@@ -458,6 +545,29 @@ def load_unet(name_or_path: str | Path, *, device: str | torch.device = "cpu") -
     else:
         raise FileNotFoundError(f"checkpoint {name_or_path} not found (neither a local folder nor a hub name 'owner/name')")
     return model.to(device).eval()
+
+def check_schedule(name_or_path: str | Path, config: ScheduleConfig) -> None:
+    """ValueError when a pipeline folder's (or hub repo's) `scheduler/scheduler_config.json` describes another noise
+    schedule than `config` (the preset's): the model would be unlearned and sampled with the wrong alpha_bars. Nothing
+    to check for a bare UNet folder, nor for a hub repo that cannot be reached."""
+    p = Path(name_or_path)
+    if p.exists():
+        f = p / "scheduler" / "scheduler_config.json"
+        if not f.exists(): return
+        cfg = json.loads(f.read_text())
+    else:
+        try:
+            from diffusers import DDPMScheduler
+            cfg = dict(DDPMScheduler.load_config(str(name_or_path), subfolder="scheduler"))
+        except Exception:
+            return
+    want = {"num_train_timesteps": config.num_train_timesteps, "beta_start": config.beta_start,
+            "beta_end": config.beta_end, "beta_schedule": "linear", "prediction_type": "epsilon"}
+    bad = {k: (cfg[k], v) for k, v in want.items() if k in cfg and
+           (abs(cfg[k] - v) > 1e-12 * max(1, abs(v)) if isinstance(v, float) else cfg[k] != v)}
+    if bad:
+        raise ValueError(f"checkpoint {name_or_path}: its scheduler differs from the preset's noise schedule "
+                         f"(checkpoint vs preset): {bad}; choose the preset the model was trained with")
 
 # %% ../nbs/00_core.ipynb #53319b94
 import time

@@ -85,7 +85,8 @@ class ImageSet(Dataset):
 
 # %% ../nbs/01_data.ipynb #633b7b16
 def load_digits_set(split: str = "train", image_size: int = 16, seed: int = 0, test_fraction: float = 0.2) -> ImageSet:
-    "scikit-learn's 8x8 digits, resized to `image_size`, in [-1, 1]; a fixed seeded stratified train/test split."
+    """scikit-learn's 8x8 digits, resized to `image_size`, in [-1, 1]; a fixed seeded stratified train/test split.
+    One synthetic binary attribute, `even` (the digit is even), stands in for CelebA's attributes in tests."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     d = load_digits()
@@ -94,7 +95,9 @@ def load_digits_set(split: str = "train", image_size: int = 16, seed: int = 0, t
     y = torch.tensor(d.target, dtype=torch.long)
     tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed, stratify=d.target)
     idx = torch.tensor(np.sort(tr if split == "train" else te))
-    return ImageSet(x[idx].contiguous(), y[idx], [str(i) for i in range(10)], name=f"digits-{split}")
+    even = (y[idx] % 2 == 0).long().unsqueeze(1)
+    return ImageSet(x[idx].contiguous(), y[idx], [str(i) for i in range(10)], attributes=even, attribute_names=["even"],
+                    name=f"digits-{split}")
 
 # %% ../nbs/01_data.ipynb #d1319011
 def _torchvision():
@@ -307,7 +310,7 @@ class Splits:
     heldout_forget: ImageSet
     heldout_remain: ImageSet
     spec: ForgetSpec
-    forget_classes: tuple[int, ...] = ()
+    forget_classes: tuple[int, ...] = ()     # classes wholly forgotten (by class, or by an attribute only they have)
 
     def __repr__(self):
         return (f"Splits({self.spec.describe()}: forget={len(self.forget)}, remain={len(self.remain)}, "
@@ -330,7 +333,8 @@ def make_splits(train: ImageSet, test: ImageSet, spec: ForgetSpec) -> Splits:
                              f"known: {train.attribute_names or 'none (this dataset has no attributes)'}")
         a = train.attribute_names.index(spec.attribute)
         f_tr, f_te = train.attributes[:, a] == 1, test.attributes[:, a] == 1
-        cls = ()
+        # classes that only hold the attribute (digits' `even`: 0, 2, 4, 6, 8) are forgotten with it; CelebA has none
+        cls = tuple(sorted(set(train.labels[f_tr].tolist()) - set(train.labels[~f_tr].tolist()) - {-1}))
     else:
         ids = torch.tensor(spec.ids)
         bad = ids[(ids < 0) | (ids >= len(train))]

@@ -46,7 +46,8 @@ __all__ = ['N_BOOT', 'INCEPTION_FILE', 'MIA_TIMESTEPS', 'MIA_FPR', 'MIA_MIN_FALS
            'weight_distance', 'knn_radii', 'precision_recall', 'flat_grad', 'gradient_cosine', 'gradient_conflict',
            'loss_gradient_cosine', 'gradient_conflict_pairs', 'unlearning_losses', 'run_forget_loss',
            'method_gradient_conflict', 'metrics_markdown', 'sample_metrics', 'forget_set_metrics', 'default_eval_out',
-           'evaluate_checkpoint', 'summarize_seeds']
+           'evaluate_checkpoint', 'summarize_seeds', 'nearest_generated_distance', 'reproduction_report',
+           'plot_reproduction']
 
 # %% ../nbs/05_metrics.ipynb #29f9c247
 def as_tensors(data) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -1549,3 +1550,166 @@ def summarize_seeds(results: Sequence[dict]) -> dict[str, dict]:
         if len(v):
             out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": len(v)}
     return out
+
+# %% ../nbs/05_metrics.ipynb #4e95ffc6
+def _image_batch(x, name: str) -> torch.Tensor:
+    "`x` as a float64 batch of images (N, C, H, W), N >= 1, finite; a ValueError naming `name` otherwise."
+    x = torch.as_tensor(x).detach()
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty: need at least one image")
+    x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} holds NaN or infinite pixel values")
+    return x
+
+
+def _same_image_shape(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"{a_name} and {b_name} must be images of the same shape (C, H, W), "
+                         f"got {tuple(a.shape[1:])} and {tuple(b.shape[1:])}")
+
+
+def _nearest_generated(images: torch.Tensor, generated: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel RMS distance (N,) of each image (N, C, H, W) to its nearest generated sample (M, C, H, W) and that
+    sample's index (N,). The search runs over (chunk x chunk) blocks of `torch.cdist` (its fast matrix-product form);
+    the winner's distance is then recomputed exactly, so an exact copy is at distance 0, not at round-off."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    x, g = _image_batch(images, "images"), _image_batch(generated, "generated")
+    _same_image_shape(x, "images", g, "generated")
+    dev = _float64_device(g.device)
+    x, g = x.flatten(1).to(dev), g.flatten(1).to(dev)
+    best = torch.full((len(x),), float("inf"), dtype=torch.float64, device=dev)
+    idx = torch.zeros(len(x), dtype=torch.long, device=dev)
+    for j in range(0, len(g), chunk):
+        for i in range(0, len(x), chunk):
+            d, k = torch.cdist(x[i:i + chunk], g[j:j + chunk]).min(1)
+            better = d < best[i:i + chunk]
+            best[i:i + chunk] = torch.where(better, d, best[i:i + chunk])
+            idx[i:i + chunk] = torch.where(better, k + j, idx[i:i + chunk])
+    exact = (x - g[idx]).pow(2).mean(1).sqrt()
+    return exact.cpu(), idx.cpu()
+
+
+def nearest_generated_distance(images: torch.Tensor, generated: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """For each image (N, C, H, W): the L2 distance, per-pixel RMS (sqrt of the mean squared difference over C*H*W, so
+    images in [-1, 1] are at most 2 apart), to its nearest neighbour among `generated` (M, C, H, W); (N,) float64 on the
+    CPU. Pixels, not features: a model that reproduces a training image makes a near copy of it, pixel for pixel.
+    Float64, on `generated`'s device (the CPU for Apple's MPS): the two sets take 8 (N + M) C H W bytes and the
+    distances only `chunk` x `chunk` at a time, so 10k x 10k CIFAR-sized images need about 0.5 GB."""
+    return _nearest_generated(images, generated, chunk)[0]
+
+
+def _ids(forgotten_ids, n: int) -> list:
+    if forgotten_ids is None:
+        return list(range(n))
+    ids = [i.item() if hasattr(i, "item") else i for i in forgotten_ids]
+    if len(ids) != n:
+        raise ValueError(f"forgotten_ids: {len(ids)} ids for {n} forgotten images")
+    if len(set(ids)) != n:
+        raise ValueError("forgotten_ids must be unique (they key the per-image distances)")
+    return ids
+
+
+def reproduction_report(forgotten: torch.Tensor, heldout: torch.Tensor, generated: torch.Tensor, *, forgotten_ids=None,
+                        n_boot: int = N_BOOT, seed: int = 0, chunk: int = 1024) -> dict:
+    """Can the model still reproduce the forgotten training images? Nearest-generated-neighbour distances
+    (`nearest_generated_distance`) of the forgotten images (N_f, C, H, W) and of held-out images of the same classes,
+    which the model never saw (N_h, C, H, W), against the same generated samples (M, C, H, W), e.g. many samples of
+    those classes. Returns
+    - `forgotten`: `mean`, `median`, `n`, `per_image` {id: distance} and `nearest_generated` {id: index into
+      `generated`} (ids: `forgotten_ids`, e.g. the images' training-set indices; default 0..N_f-1);
+    - `heldout`: `mean`, `median`, `n`, `p05` (5th percentile of its distances);
+    - `ratio`: mean forgotten / mean held-out distance: about 1 when the forgotten images are no closer to what the
+      model makes than unseen ones; below 1 when they are still reproduced (None if the held-out mean is 0);
+    - `reproduced_share`: share of forgotten images closer to a sample than the held-out `p05` (about 0.05 when the
+      model treats them as unseen; 1 when it makes copies of them all);
+    - `error_bars`: `forgotten_mean`, `heldout_mean` (`bootstrap_mean`) and `ratio` (forgotten and held-out images
+      resampled independently), each `error_bar`'s dict; the generated samples are the fixed reference;
+    - `n_generated`: M."""
+    f = _image_batch(forgotten, "forgotten")
+    h = _image_batch(heldout, "heldout")
+    g = _image_batch(generated, "generated")
+    _same_image_shape(f, "forgotten", h, "heldout")
+    _same_image_shape(f, "forgotten", g, "generated")
+    ids = _ids(forgotten_ids, len(f))
+    d_f, near = _nearest_generated(f, g, chunk)
+    d_h = nearest_generated_distance(h, g, chunk)
+    d_f, d_h = d_f.numpy(), d_h.numpy()
+    mean_f, mean_h, p05 = float(d_f.mean()), float(d_h.mean()), float(np.percentile(d_h, 5))
+    ratio = mean_f / mean_h if mean_h > 0 else None
+    tag_f, tag_h = "reproduction/forgotten", "reproduction/heldout"
+    boot_f = d_f[bootstrap_indices(len(d_f), n_boot, seed=seed, tag=tag_f)].mean(1)   # the resamples of the
+    boot_h = d_h[bootstrap_indices(len(d_h), n_boot, seed=seed, tag=tag_h)].mean(1)   # two bootstrap_means below
+    boot_ratio = np.divide(boot_f, boot_h, out=np.full(len(boot_f), np.nan), where=boot_h > 0)
+    return {"forgotten": {"mean": mean_f, "median": float(np.median(d_f)), "n": len(d_f),
+                          "per_image": {i: float(d) for i, d in zip(ids, d_f)},
+                          "nearest_generated": {i: int(k) for i, k in zip(ids, near)}},
+            "heldout": {"mean": mean_h, "median": float(np.median(d_h)), "n": len(d_h), "p05": p05},
+            "ratio": ratio,
+            "reproduced_share": float((d_f < p05).mean()),
+            "error_bars": {"forgotten_mean": bootstrap_mean(d_f, n_boot=n_boot, seed=seed, tag=tag_f),
+                           "heldout_mean": bootstrap_mean(d_h, n_boot=n_boot, seed=seed, tag=tag_h),
+                           "ratio": error_bar(ratio, boot_ratio)},
+            "n_generated": len(g)}
+
+
+def _checked_report(r, name: str) -> dict:
+    if not (isinstance(r, dict) and all(isinstance(r.get(k), dict) and "mean" in r[k] for k in ("forgotten", "heldout"))):
+        raise ValueError(f"{name} must be a dict returned by reproduction_report (with 'forgotten' and 'heldout' means)")
+    return r
+
+
+def plot_reproduction(report_before: dict, report_after: dict, title: str = ""):
+    """Figure of two `reproduction_report`s, before and after unlearning. Left: mean nearest-generated distance of the
+    forgotten and of the held-out images, with 95 % bootstrap intervals, and each report's ratio and reproduced share.
+    Right: each forgotten image's distance before and after (a line per image present in both reports; dots otherwise)
+    against the held-out 5th percentile, below which an image counts as reproduced. A `matplotlib.figure.Figure`."""
+    from matplotlib.figure import Figure
+    reports = {"before": _checked_report(report_before, "report_before"),
+               "after": _checked_report(report_after, "report_after")}
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+    colors = {"forgotten": "tab:red", "heldout": "tab:blue"}
+    for x, (when, r) in enumerate(reports.items()):
+        for dx, part in ((-0.18, "forgotten"), (0.18, "heldout")):
+            m = r[part]["mean"]
+            ci = _get(r, "error_bars", f"{part}_mean", "ci95")
+            yerr = None if ci is None else [[max(m - ci[0], 0)], [max(ci[1] - m, 0)]]
+            ax.bar(x + dx, m, 0.34, yerr=yerr, capsize=4, color=colors[part], alpha=0.8,
+                   label=("forgotten (D_f)" if part == "forgotten" else "held-out, same classes") if x == 0 else None)
+        ratio, share = r.get("ratio"), r.get("reproduced_share")
+        txt = f"ratio {_fmt(ratio, 2)}" + ("" if share is None else f"\nreproduced {100 * share:.0f} %")
+        ax.annotate(txt, (x, max(r["forgotten"]["mean"], r["heldout"]["mean"])), xytext=(0, 14),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks([0, 1], list(reports))
+    ax.set_xlim(-0.6, 1.6)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+    ax.set_ylabel("nearest generated sample\n(per-pixel RMS distance)")
+    ax.set_title("mean distance, 95 % CI", fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, frameon=False)
+
+    pb, pa = (r["forgotten"].get("per_image") or {} for r in reports.values())
+    common = [i for i in pb if i in pa]
+    if common:
+        ax2.plot([0, 1], np.array([[pb[i] for i in common], [pa[i] for i in common]]), color="tab:red", alpha=0.35,
+                 marker="o", ms=3, lw=0.8)
+    for x, p in enumerate((pb, pa)):
+        rest = [d for i, d in p.items() if i not in common]
+        if rest:
+            ax2.plot(np.full(len(rest), x), rest, "o", color="tab:red", alpha=0.35, ms=3)
+    for x, r in enumerate(reports.values()):
+        p05 = r["heldout"].get("p05")
+        if p05 is not None:
+            ax2.hlines(p05, x - 0.25, x + 0.25, colors="tab:blue", linestyles="--",
+                       label="held-out 5th percentile" if x == 0 else None)
+    ax2.set_xticks([0, 1], list(reports))
+    ax2.set_xlim(-0.5, 1.5)
+    ax2.set_ylim(bottom=0)
+    ax2.set_title("each forgotten image", fontsize=9)
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig

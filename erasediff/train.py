@@ -29,8 +29,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from tqdm.auto import tqdm
 
-from .core import (NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, atomic_dir, atomic_write_bytes,
-                            atomic_write_json, eps_loss, generate, make_ema, make_unet, measure, num_classes, sha256_path)
+from .core import (NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, all_mean, atomic_dir, atomic_write_bytes,
+                            atomic_write_json, batch_shard, data_parallel, eps_loss, generate, is_main_process, local_rows,
+                            make_ema, make_unet, mean_scalars, measure, num_classes, sha256_path)
 from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root
 
 # %% auto #0
@@ -50,6 +51,7 @@ class Objective(Protocol):
 
 class DiffusionObjective:
     "The DDPM epsilon loss with classifier-free label dropout (labels ignored for unconditional models)."
+    data_parallel = True   # its loss goes through eps_loss, which takes this process's rows of the global batch
 
     def __init__(self, schedule: NoiseSchedule, p_uncond: float = 0.1, antithetic: bool = True):
         if not 0 <= p_uncond < 1:
@@ -69,6 +71,8 @@ class DiffusionObjective:
 class ClassifierObjective:
     "Cross-entropy of a classifier on (x, y) batches, with light augmentation (random shifts of up to `shift` pixels)."
 
+    data_parallel = True
+
     def __init__(self, shift: int = 1):
         self.shift = shift
 
@@ -77,6 +81,7 @@ class ClassifierObjective:
         if self.shift:
             dx, dy = torch.randint(-self.shift, self.shift + 1, (2,), generator=generator).tolist()
             x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+        x, y = local_rows(x, y)
         p = next(model.parameters())
         logits = model(x.to(p.device))
         loss = F.cross_entropy(logits, y.to(p.device))
@@ -178,8 +183,13 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
         if ema is None: return model
         m = copy.deepcopy(model); ema.copy_to(m.parameters()); return m
 
+    rank, world = data_parallel()
+    if world > 1 and not getattr(objective, "data_parallel", False):
+        raise ValueError(f"{type(objective).__name__} runs on one process only; launch it without accelerate "
+                         f"(this run has {world} processes)")
+
     def checkpoint(step: int) -> None:
-        if out is None: return
+        if out is None or rank > 0: return               # one writer: rank 0
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "ema": ema.state_dict() if ema is not None else None, "generator": gen.get_state(),
                  "batches": batches.state_dict() if hasattr(batches, "state_dict") else None,
@@ -191,12 +201,18 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
         atomic_write_json(out / "history.json", {"step": step, "history": history, "config": asdict(config), **(run_info or {})})
 
     model.train()
-    bar = tqdm(range(start, config.steps), desc=desc, disable=not progress, initial=start, total=config.steps)
+    bar = tqdm(range(start, config.steps), desc=desc, disable=not progress or rank > 0, initial=start, total=config.steps)
     with measure() as cost:
         for step in bar:
-            if hasattr(objective, "on_step_start"): objective.on_step_start(model, step, batches, gen)
-            opt.zero_grad(set_to_none=True)
-            logs = objective.grads(model, next(batches), gen)
+            with batch_shard(rank, world):                # one process: a no-op; several: each computes its rows
+                if hasattr(objective, "on_step_start"): objective.on_step_start(model, step, batches, gen)
+                opt.zero_grad(set_to_none=True)
+                logs = objective.grads(model, next(batches), gen)
+                if world > 1:                             # average gradients and logs over the processes
+                    if not getattr(objective, "syncs_grads", False):
+                        synced = [p for p in params if p.grad is not None]
+                        for p, g in zip(synced, all_mean([p.grad for p in synced])): p.grad = g
+                    logs = dict(zip(logs, mean_scalars(*logs.values())))
             grads = [p.grad for p in params if p.grad is not None]
             bad_grad = any(not torch.isfinite(g).all() for g in grads)
             if not math.isfinite(logs["loss"]) or bad_grad:
@@ -424,7 +440,8 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"{out} exists and is not empty; pass resume=True to continue it or overwrite=True to start over")
-    if overwrite and not resume and out.exists():
+    main = is_main_process()                       # under `accelerate launch`, rank 0 alone writes
+    if overwrite and not resume and out.exists() and main:
         import shutil; shutil.rmtree(out)
     train, test = preset.load_data()
     splits = make_splits(train, test, preset.forget_spec(forget_classes))  # validates the forget classes first
@@ -443,9 +460,9 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
         uncond = what == "unconditional"
         model = make_unet(replace(preset.unet, num_classes=None) if uncond else preset.unet)
         objective = DiffusionObjective(schedule, 0.0 if uncond else preset.p_uncond)
-        def sample_fn(step, m):  # m: the weights that will be shipped (EMA)
-            save_grid(sample_grid(m, schedule, preset.sampler, 8), 8, out / "samples" / f"step{step:07d}.png",
-                      f"{what} step {step}")
+        def sample_fn(step, m):  # m: the weights that will be shipped (EMA); every process samples its share
+            grid = sample_grid(m, schedule, preset.sampler, 8)
+            if main: save_grid(grid, 8, out / "samples" / f"step{step:07d}.png", f"{what} step {step}")
     model.to(preset.device if (preset.device != "cuda" or torch.cuda.is_available()) else "cpu")
     batches = InfiniteBatches(data, loop.batch_size, seed=loop.seed)
     res = fit(model, objective, batches, loop, out=out, resume=resume, progress=progress, sample_fn=sample_fn,
@@ -454,8 +471,9 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
         xt, yt = test.tensors()
         res.cost["test_accuracy"] = accuracy(res.model, xt, yt)
     else:
-        save_grid(sample_grid(res.model, schedule, preset.sampler, 8), 8, out / "samples.png", f"{preset.name} {what}")
-    atomic_write_json(out / "run.json", {**info, "loop": asdict(loop), "cost": res.cost,
+        grid = sample_grid(res.model, schedule, preset.sampler, 8)
+        if main: save_grid(grid, 8, out / "samples.png", f"{preset.name} {what}")
+    if main: atomic_write_json(out / "run.json", {**info, "loop": asdict(loop), "cost": res.cost,
                                          "final_loss": res.history[-1]["loss"] if res.history else None})
     return res
 

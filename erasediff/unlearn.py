@@ -14,6 +14,7 @@ Docs: https://erasediff.github.io/erasediff/unlearn.html.md"""
 # %% ../nbs/03_unlearn.ipynb #5b00aaf5
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -28,8 +29,9 @@ import torch.nn as nn
 from diffusers import UNet2DModel
 from torch.func import functional_call
 
-from .core import (NoiseSchedule, SamplerConfig, atomic_dir, atomic_write_json, check_device, drop_labels, eps_loss, generate,
-                            load_unet, num_classes, null_label, q_sample, sample_timesteps, sha256_path)
+from .core import (NoiseSchedule, SamplerConfig, all_mean, atomic_dir, atomic_write_bytes, atomic_write_json, check_device, check_schedule,
+                   data_parallel, drop_labels, eps_loss, generate, is_main_process, load_unet, local_rows, mean_scalars,
+                   num_classes, null_label, q_sample, sample_timesteps, sha256_path)
 from .data import ForgetSpec, ImageSet, InfiniteBatches, Splits, make_splits
 from .train import (CLASSIFIERS, LoopConfig, Preset, confusion_rows, fit, get_preset, per_class_accuracy, predict,
                     save_grid)
@@ -40,7 +42,7 @@ __all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q
            'forget_noise', 'allowed_pseudo_classes', 'pseudo_labels', 'select_params', 'PairedBatches',
            'forgotten_classes', 'adaptive_lambda', 'FinetuneObjective', 'ForgetObjective', 'EraseDiffObjective',
            'Method', 'get_method', 'make_objective', 'default_config', 'guidance_scales', 'sample_accuracy',
-           'split_losses', 'model_card', 'confusion_markdown', 'unlearn']
+           'split_losses', 'sample_level_metrics', 'model_card', 'confusion_markdown', 'unlearn']
 
 # %% ../nbs/03_unlearn.ipynb #599a4ed4
 FORGET_LOSSES = ("deviate", "uniform", "gaussian")
@@ -235,9 +237,10 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _grads(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
-    "d loss / d params, zeros for parameters the loss does not reach."
+    """d loss / d params, zeros for parameters the loss does not reach; on several processes (`accelerate launch`)
+    averaged over them, so that every step built from it (EraseDiff's inner loop too) is the global batch's."""
     gs = torch.autograd.grad(loss, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+    return all_mean([torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)])
 
 
 def _substream(generator: torch.Generator, tag: int, i: int) -> torch.Generator:
@@ -282,6 +285,8 @@ def adaptive_lambda(rule: Union[float, str], eta: float, q: float, dot: float, g
 
 class FinetuneObjective:
     "Finetune on D_r: the diffusion loss on the remain half of each paired batch (EraseDiff with lambda = 0)."
+    data_parallel = True    # its losses take this process's rows of the global batch (eps_loss, local_rows) ...
+    syncs_grads = True      # ... and `_grads` averages its gradients over the processes
 
     def __init__(self, schedule: NoiseSchedule, config: UnlearnConfig = FinetuneConfig(),
                  forget_classes: Optional[Sequence[int]] = None, seed: int = 0):
@@ -347,7 +352,7 @@ class ForgetObjective(FinetuneObjective):
                 pu = cfg.p_uncond if cfg.p_uncond_forget is None else cfg.p_uncond_forget
                 if labels is not None and pu > 0: labels = drop_labels(labels, null_label(model), pu, generator)
             draws = (noise, t, labels, pseudo)
-        noise, t, labels, pseudo = draws
+        x, noise, t, labels, pseudo = local_rows(x, *draws)   # this process's rows (all of them on one process)
         x_t = q_sample(x, t, noise, self.schedule)
         if weights is None: net = lambda c: model(x_t, t, class_labels=c).sample
         else: net = lambda c: functional_call(model, weights, (x_t, t), {"class_labels": c}).sample  # theta untouched
@@ -393,9 +398,9 @@ class EraseDiffObjective(ForgetObjective):
                 gs = _grads(loss, params)
                 with torch.no_grad():
                     for p, g in zip(params, gs): p.add_(g, alpha=-cfg.zeta)
-                losses.append(loss.item())
+                losses.append(mean_scalars(loss.item())[0])
             with torch.no_grad():
-                lf_phi = self.forget_loss(model, batches.next_inner(), generator)[0].item()
+                lf_phi, = mean_scalars(self.forget_loss(model, batches.next_inner(), generator)[0].item())
             self.phi = {n: p.detach().clone() for n, p in named} if cfg.q_estimate == "paired" else None
         finally:
             with torch.no_grad():
@@ -423,15 +428,17 @@ class EraseDiffObjective(ForgetObjective):
         if cfg.q_estimate == "paired" and self.phi is not None:     # same draws and same dropout masks: an exact difference
             with torch.no_grad(), _replayed_rng(rng):
                 lf_phi = self.forget_loss(model, forget, draws=draws, weights=self.phi)[0].item()
+            l_f, lf_phi = mean_scalars(L_f.item(), lf_phi)       # every process must agree on lambda
         else:
-            lf_phi = self.lf_phi if self.lf_phi is not None else L_f.item()
-        q = L_f.item() - lf_phi
+            l_f, = mean_scalars(L_f.item())
+            lf_phi = self.lf_phi if self.lf_phi is not None else l_f
+        q = l_f - lf_phi
         dot, nr2, nf2 = _dot(g_r, g_f), _dot(g_r, g_r), _dot(g_f, g_f)
         cos = dot / math.sqrt(nr2 * nf2) if nr2 > 0 and nf2 > 0 else 0.0
         lam = adaptive_lambda(cfg.lam, cfg.eta, q, dot, nf2, cos)
         for p, gr, gf in zip(params, g_r, g_f):
             p.grad = gr if lam == 0 else gr + lam * gf
-        return {"loss": L_r.item() + lam * q, "L_r": L_r.item(), "L_f": L_f.item(), "L_f_phiK": lf_phi, "q": q,
+        return {"loss": L_r.item() + lam * q, "L_r": L_r.item(), "L_f": l_f, "L_f_phiK": lf_phi, "q": q,
                 "lambda": lam, "cos": cos}
 
 # %% ../nbs/03_unlearn.ipynb #d5b37263
@@ -584,6 +591,30 @@ def split_losses(model: UNet2DModel, splits: Splits, schedule: NoiseSchedule, n:
     return out
 
 # %% ../nbs/03_unlearn.ipynb #4bda387f
+def sample_level_metrics(model: UNet2DModel, splits: Splits, schedule: NoiseSchedule, sampler: SamplerConfig,
+                         n_generated: int = 320, seed: int = 0, progress: bool = False,
+                         classifier: Optional[nn.Module] = None) -> dict:
+    """Can the model still reproduce the forgotten training images (D_f given by ids)? `reproduction`: nearest-generated-
+    neighbour distances of D_f and of held-out images of its classes against `n_generated` samples (conditioned on
+    D_f's classes in proportion to D_f, or unconditional), see `metrics.reproduction_report`; `mia`: loss-based
+    membership inference of D_f against those held-out images (`metrics.membership_inference`); with a `classifier`,
+    `class_share`: the share of the samples it assigns to D_f's classes (forgetting images must not forget their class)."""
+    from erasediff.metrics import membership_inference, reproduction_report
+    xf, yf = splits.forget.tensors()
+    xh, _ = splits.heldout_forget.tensors()
+    if num_classes(model) is None: labels = None
+    else:                                                        # D_f's classes, in D_f's proportions
+        labels = yf[torch.arange(n_generated) % len(yf)].sort().values
+    x = generate(model, schedule, labels, n=n_generated, config=sampler, seed=seed + 1, progress=progress)
+    repro = reproduction_report(xf, xh, x, forgotten_ids=splits.forget.ids.tolist(), seed=seed)
+    mia = membership_inference(model, schedule, splits.forget, splits.heldout_forget, seed=seed)
+    a = mia["avg_loss"]
+    share = None if classifier is None else float(torch.isin(predict(classifier, x), yf.unique()).float().mean())
+    return {"reproduction": repro, "class_share": share, "mia": {"accuracy": a["accuracy"], "auc": a["auc"], "chance": mia["chance"]["avg_loss"],
+                                           "attack": "loss averaged over t in " + str(mia["timesteps"]),
+                                           "n_members": mia["n_members"], "n_nonmembers": mia["n_nonmembers"]}}
+
+
 def _forget_spec(forget) -> ForgetSpec:
     "A ForgetSpec from classes (int, name, or a sequence of them) or a ForgetSpec; clear errors for empty input."
     if isinstance(forget, ForgetSpec): return forget
@@ -600,7 +631,8 @@ def _is_conditional(preset: Preset, checkpoint) -> Optional[bool]:
         if checkpoint is None:
             from erasediff.train import reference_path
             checkpoint = reference_path(preset.name, "unscrubbed")
-        cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+        p = Path(checkpoint)
+        cfg = json.loads((p / "unet" / "config.json" if (p / "unet" / "config.json").exists() else p / "config.json").read_text())
     except (OSError, ValueError):
         return None                                   # missing / corrupt / hub name: the loader says why, later
     return cfg.get("num_class_embeds") is not None
@@ -613,6 +645,9 @@ def _resolve_config(preset: Preset, method: str, config, conditional: Optional[b
     loss's calibrated settings."""
     m = get_method(method)
     loss = None
+    if conditional is False and isinstance(config, dict) and "pseudo_label" in config:
+        raise ValueError("pseudo_label: pseudo labels are classes to deviate to, and this model is unconditional "
+                         "(no class embedding); drop the option (CLI: --pseudo-label)")
     if issubclass(m.config_cls, ForgetLossConfig):
         loss = config.get("forget_loss") if isinstance(config, dict) else None
         if loss is None and conditional is False: loss = "uniform"
@@ -647,6 +682,7 @@ def _load_checkpoint(preset: Preset, checkpoint, device) -> tuple[UNet2DModel, d
     if isinstance(checkpoint, nn.Module):
         return checkpoint.to(device), {"name": "in-memory model", "path": None, "sha256": None}
     model = load_unet(checkpoint, device=device)              # FileNotFoundError / ValueError for missing or corrupt
+    check_schedule(checkpoint, preset.schedule)               # a pipeline's scheduler must be the preset's
     p = Path(checkpoint)
     return model, {"name": str(checkpoint), "path": str(p) if p.exists() else None,
                    "sha256": sha256_path(p) if p.exists() else None}
@@ -700,6 +736,16 @@ def model_card(m: dict) -> str:
             for key, what in (("acc_forget", "forgotten"), ("acc_remain", "remaining")):
                 rows.append(f"| accuracy, {what} classes, w = {w} | {pct((b.get('by_w') or {}).get(w, {}).get(key))} | "
                             f"{pct(a['by_w'][w][key])} |")
+    if "reproduction" in a:
+        r = lambda d: d["reproduction"]
+        rows.append(f"| nearest-generated distance, forgotten / held-out images (want ≈ 1) | {r(b)['ratio']:.3f} | "
+                    f"**{r(a)['ratio']:.3f}** |")
+        rows.append(f"| forgotten images reproduced (closer than 95 % of held-out ones; want ≈ 5 %) | "
+                    f"{pct(r(b)['reproduced_share'])} | {pct(r(a)['reproduced_share'])} |")
+        rows.append(f"| membership inference accuracy, forgotten vs held-out (want ≈ 50 %) | {pct(b['mia']['accuracy'])} | "
+                    f"{pct(a['mia']['accuracy'])} |")
+        rows.append(f"| samples classified as the forgotten images' classes (want unchanged) | {pct(b.get('class_share'))} | "
+                    f"{pct(a.get('class_share'))} |")
     if "forget_share" in a:
         rows.append(f"| share of samples classified as a forgotten class (want ≈ 0) | {pct(b.get('forget_share'))} | "
                     f"{pct(a.get('forget_share'))} |")
@@ -798,7 +844,8 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     # ---- checks, before any work ----
     preset = get_preset(preset) if isinstance(preset, str) else preset
     get_method(method)
-    config = _resolve_config(preset, method, config, _is_conditional(preset, checkpoint))
+    conditional = _is_conditional(preset, checkpoint)         # None: a hub name, known once loaded
+    given, config = config, _resolve_config(preset, method, config, conditional)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -812,12 +859,16 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     splits = make_splits(train, test, spec)                    # empty / unknown / all classes -> ValueError
     dev = device or (preset.device if preset.device != "cuda" or torch.cuda.is_available() else "cpu")
     model, source = _load_checkpoint(preset, checkpoint, dev)
+    if conditional is None: config = _resolve_config(preset, method, given, num_classes(model) is not None)
     _check_model_fits(model, train, spec)
     select_params(model, config.params)                        # patterns that match nothing -> ValueError
     schedule = NoiseSchedule(preset.schedule)
     fclasses = splits.forget_classes
     objective = make_objective(method, schedule, config, fclasses, seed)
     objective.check_model(model)                               # e.g. a pseudo-label loss on an unconditional model
+    if data_parallel()[1] > 1 and not getattr(objective, "data_parallel", False):
+        raise ValueError(f"method {method!r} runs on one process only; launch it without accelerate "
+                         f"(this run has {data_parallel()[1]} processes)")
     clf, clf_info = _load_classifier(preset, classifier, dev) if n_eval else (None, None)
     source["weights_sha256"] = _weights_sha256(model)
     # ---- work ----
@@ -825,6 +876,9 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     def measure_model(m):
         m.eval()
         res = split_losses(m, splits, schedule, seed=seed)
+        if n_eval and spec.kind == "ids":                      # sample-level: reproduced? a member?
+            res.update(sample_level_metrics(m, splits, schedule, sampler, 10 * n_eval, seed=seed, progress=progress,
+                                            classifier=clf))
         if not n_eval or not fclasses: return res, None
         acc, x, _ = sample_accuracy(m, clf, schedule, sampler, fclasses, len(train.classes), n_eval, seed=seed, progress=progress)
         return {**acc, **res}, x
@@ -847,11 +901,17 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
         "final": res.history[-1] if res.history else None,
     }
     metrics["total_seconds"] = time.perf_counter() - t_start
+    if not is_main_process(): return {**metrics, "out": str(out)}   # `accelerate launch`: rank 0 writes
     with atomic_dir(out, overwrite=True) as tmp:
         res.model.save_pretrained(tmp / "unet", safe_serialization=True)
         atomic_write_json(tmp / "metrics.json", metrics)
         atomic_write_json(tmp / "history.json", {"history": res.history, "inner": getattr(objective, "inner_log", [])})
         (tmp / "README.md").write_text(model_card(metrics))
+        if "reproduction" in after:
+            from erasediff.metrics import plot_reproduction
+            fig = plot_reproduction(before["reproduction"], after["reproduction"], f"{method}: {spec.describe()}")
+            buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+            atomic_write_bytes(tmp / "reproduction.png", buf.getvalue())
         if x_before is not None:
             k = len(train.classes); n = min(n_eval, 8)
             pick = torch.cat([torch.arange(c * n_eval, c * n_eval + n) for c in range(k)]) if num_classes(model) else torch.arange(min(len(x_before), 64))

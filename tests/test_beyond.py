@@ -1,0 +1,156 @@
+"""Issue 13 beyond one class on one device: unconditional and pipeline checkpoints, attribute and sample-level
+forgetting, and clear errors before any work."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from erasediff.core import NoiseSchedule, SamplerConfig, UNetConfig, check_schedule, make_unet, num_classes, save_unet
+from erasediff.data import ForgetSpec, ImageSet, load_digits_set, make_splits
+from erasediff.train import load_reference, read_manifest, reference_path
+from erasediff.unlearn import unlearn
+
+torch.set_num_threads(1)
+TINY = UNetConfig(sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "UpBlock2D"), num_classes=None, norm_num_groups=4)
+SMALL = dict(epochs=1, rounds=2, rem_num=32, batch_size=16)
+FAST = SamplerConfig("ddim", steps=3, w=0.5)
+
+
+def _pipeline(path, **scheduler):
+    "A diffusers DDPMPipeline folder (unet/ + scheduler/) around a tiny unconditional UNet."
+    from diffusers import DDPMPipeline, DDPMScheduler
+    torch.manual_seed(0)
+    DDPMPipeline(unet=make_unet(TINY), scheduler=DDPMScheduler(**scheduler)).save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------- data: the synthetic attribute
+
+def test_digits_even_attribute_splits_by_parity():
+    train, test = load_digits_set("train"), load_digits_set("test")
+    assert train.attribute_names == ["even"]
+    s = make_splits(train, test, ForgetSpec(attribute="even"))
+    assert s.forget_classes == (0, 2, 4, 6, 8)                   # classes that only hold the attribute
+    assert (s.forget.labels % 2 == 0).all() and (s.remain.labels % 2 == 1).all()
+    assert (s.heldout_forget.labels % 2 == 0).all() and len(s.forget) + len(s.remain) == len(train)
+
+
+# ---------------------------------------------------------------- pipeline folders and their scheduler
+
+def test_pipeline_folder_unlearns_unconditionally(tmp_path):
+    pipe = _pipeline(tmp_path / "pipe")
+    r = unlearn("digits", (3,), tmp_path / "out", checkpoint=pipe, config=SMALL, eval_per_class=0, progress=False)
+    assert r["config"]["forget_loss"] == "uniform"                # no labels to deviate to
+    assert r["n_forget"] == int((load_digits_set("train").labels == 3).sum())
+    assert (tmp_path / "out" / "unet" / "config.json").exists()
+
+
+def test_pipeline_with_another_schedule_is_refused_before_work(tmp_path):
+    pipe = _pipeline(tmp_path / "pipe", beta_end=0.012)
+    with pytest.raises(ValueError, match="beta_end"):
+        unlearn("digits", (3,), tmp_path / "out", checkpoint=pipe, config=SMALL, eval_per_class=0, progress=False)
+    assert not (tmp_path / "out").exists()
+    pipe2 = _pipeline(tmp_path / "pipe2", beta_schedule="squaredcos_cap_v2")
+    with pytest.raises(ValueError, match="beta_schedule"):
+        check_schedule(pipe2, NoiseSchedule().config)
+    check_schedule(_pipeline(tmp_path / "pipe3"), NoiseSchedule().config)   # the DDPM defaults are the presets'
+
+
+# ---------------------------------------------------------------- clear errors before any work
+
+@pytest.mark.parametrize("forget,msg", [
+    ((12,), "out of range"),
+    (("airplane",), "unknown class 'airplane'"),
+    (ForgetSpec(attribute="Blond_Hair"), r"unknown attribute 'Blond_Hair'; known: \['even'\]"),
+    (ForgetSpec(ids=(0, 5000)), r"\[5000\] out of range; the training set has ids 0..1436"),
+])
+def test_bad_forget_sets(tmp_path, forget, msg):
+    with pytest.raises(ValueError, match=msg):
+        unlearn("digits", forget, tmp_path / "out", checkpoint=_pipeline(tmp_path / "p"), config=SMALL,
+                eval_per_class=0, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_attribute_on_a_dataset_without_attributes():
+    real = load_digits_set("train")
+    plain = ImageSet(real.base, real.all_labels, real.classes, name="plain")
+    with pytest.raises(ValueError, match="none \\(this dataset has no attributes\\)"):
+        make_splits(plain, plain, ForgetSpec(attribute="even"))
+
+
+@pytest.mark.parametrize("config,msg", [
+    (dict(forget_loss="deviate"), "needs a class-conditional model"),
+    (dict(pseudo_label="per_sample"), "this model is unconditional"),
+])
+def test_class_conditional_options_on_an_unconditional_model(tmp_path, config, msg):
+    with pytest.raises(ValueError, match=msg):
+        unlearn("digits", (3,), tmp_path / "out", checkpoint=_pipeline(tmp_path / "p"), config={**SMALL, **config},
+                eval_per_class=0, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_conditional_baseline_on_an_unconditional_model(tmp_path):
+    with pytest.raises(ValueError, match="class-conditional"):
+        unlearn("digits", (3,), tmp_path / "out", checkpoint=_pipeline(tmp_path / "p"), method="sa", eval_per_class=0,
+                progress=False, config=SMALL)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_aliases_and_errors(tmp_path):
+    "The issue's spelling (--dataset, --forget-class) parses; a bad class is exit 2 with the reason, nothing written."
+    from erasediff.cli import build_parser
+    a = build_parser().parse_args(["unlearn", "--dataset", "cifar10", "--forget-class", "airplane", "--out", "x"])
+    assert (a.preset, a.forget) == ("cifar10", ["airplane"])
+    p = subprocess.run([sys.executable, "-m", "erasediff.cli", "unlearn", "--dataset", "digits", "--forget-class",
+                        "airplane", "--checkpoint", str(_pipeline(tmp_path / "p")), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "unknown class 'airplane'" in p.stderr and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- the shipped unconditional model
+
+def test_shipped_unconditional_model():
+    entry = read_manifest()["digits/unconditional"]
+    assert "--what unconditional" in entry["command"]
+    reference_path("digits", "unconditional")                     # hashes verified
+    m = load_reference("digits", "unconditional")
+    assert num_classes(m) is None and m.config.sample_size == 16
+    q = entry["quality"]
+    assert abs(sum(q["class_shares"].values()) - 1) < 1e-3 and q["max_share_gap"] <= 0.08, q   # measured 0.059 (class 1: 4.4 % of 320 samples)
+
+
+# ---------------------------------------------------------------- attribute and sample-level forgetting, both model kinds
+
+@pytest.mark.parametrize("which", ["unscrubbed", "unconditional"])
+def test_attribute_forgetting_both_model_kinds(tmp_path, which):
+    ck = reference_path("digits", which)
+    r = unlearn("digits", ForgetSpec(attribute="even"), tmp_path / "out", checkpoint=ck, config=SMALL, eval_per_class=1,
+                sampler=FAST, progress=False)
+    assert r["forget"]["kind"] == "attribute" and r["forget"]["classes"] == [0, 2, 4, 6, 8]
+    if which == "unconditional":
+        assert r["config"]["forget_loss"] == "uniform" and 0 <= r["after"]["forget_share"] <= 1
+        assert abs(sum(r["after"]["class_shares"].values()) - 1) < 1e-6
+    else:
+        assert {int(c) for c in r["after"]["by_w"]["0"]["confusion"]} == {0, 2, 4, 6, 8}
+    assert "attribute even" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("which", ["unscrubbed", "unconditional"])
+def test_sample_level_report(tmp_path, which):
+    train = load_digits_set("train")
+    ids = torch.nonzero(train.labels == 3).flatten()[:12].tolist()
+    r = unlearn("digits", ForgetSpec(ids=tuple(ids)), tmp_path / "out", checkpoint=reference_path("digits", which),
+                config=SMALL, eval_per_class=2, sampler=FAST, progress=False)
+    for when in ("before", "after"):
+        rep = r[when]["reproduction"]
+        assert {int(i) for i in rep["forgotten"]["per_image"]} == set(ids) and rep["n_generated"] == 20
+        assert rep["heldout"]["n"] == int((load_digits_set("test").labels == 3).sum())
+        assert 0 <= r[when]["mia"]["accuracy"] <= 1 and r[when]["mia"]["n_members"] == 12
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "nearest-generated distance" in card and "membership inference" in card
+    assert (tmp_path / "out" / "reproduction.png").stat().st_size > 1000
+    json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -1,0 +1,117 @@
+"""Issue 13's measurements on the digits preset: unconditional class forgetting (several classes, several seeds),
+attribute forgetting ("even") with both model kinds, and sample-level forgetting (20 training images of class 3).
+Each run is `erasediff.unlearn.unlearn` into RUNS/<name> (kept and reused when its metrics.json exists); the figures
+go to OUT/summary.{json,md} and OUT/figures/.
+
+    python tools/measure_beyond.py [--out results/digits-beyond] [--runs runs/beyond] [--only NAME ...]
+"""
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from erasediff.core import atomic_write_bytes, atomic_write_json
+from erasediff.data import ForgetSpec, load_digits_set
+from erasediff.train import reference_path
+from erasediff.unlearn import unlearn
+
+CLASS_3 = tuple(torch.nonzero(load_digits_set("train").labels == 3).flatten()[:20].tolist())
+JOBS = {  # name: (model, forget, seed, eval_per_class)
+    **{f"uncond-class2-seed{s}": ("unconditional", (2,), s, 32) for s in range(3)},
+    "uncond-class8-seed0": ("unconditional", (8,), 0, 32),
+    "uncond-class5-seed0": ("unconditional", (5,), 0, 32),
+    "uncond-even-seed0": ("unconditional", ForgetSpec(attribute="even"), 0, 32),
+    "cond-even-seed0": ("unscrubbed", ForgetSpec(attribute="even"), 0, 16),
+    "cond-ids-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_3), 0, 32),
+    "uncond-ids-seed0": ("unconditional", ForgetSpec(ids=CLASS_3), 0, 32),
+}
+
+
+def summary_row(name: str, m: dict) -> dict:
+    b, a = m["before"], m["after"]
+    row = {"run": name, "model": JOBS[name][0], "forget": m["forget"]["description"], "seed": m["seed"],
+           "unlearn_s": round(m["unlearn_seconds"], 1), "total_s": round(m["total_seconds"], 1)}
+    if "forget_share" in a:
+        F = set(m["forget"]["classes"])
+        other = [c for c in a["class_shares"] if int(c) not in F]
+        row.update(forget_share_before=b["forget_share"], forget_share_after=a["forget_share"], n=a["n"],
+                   other_max_change=max(abs(a["class_shares"][c] - b["class_shares"][c]) for c in other),
+                   # the forgotten share is redistributed: compare the others' shares among the others
+                   other_max_change_renormalised=max(abs(a["class_shares"][c] / max(1e-9, 1 - a["forget_share"])
+                                                         - b["class_shares"][c] / max(1e-9, 1 - b["forget_share"]))
+                                                     for c in other))
+    if "acc_forget" in a:
+        row.update(acc_forget_before=b["acc_forget"], acc_forget_after=a["acc_forget"], worst_w_forget=a["worst_w_forget"],
+                   acc_remain_before=b["acc_remain"], acc_remain_after=a["acc_remain"], worst_w_remain=a["worst_w_remain"])
+    if "reproduction" in a:
+        for when, d in (("before", b), ("after", a)):
+            r = d["reproduction"]
+            row.update({f"forgotten_dist_{when}": r["forgotten"]["mean"], f"heldout_dist_{when}": r["heldout"]["mean"],
+                        f"ratio_{when}": r["ratio"], f"reproduced_{when}": r["reproduced_share"],
+                        f"mia_acc_{when}": d["mia"]["accuracy"], f"class_share_{when}": d.get("class_share")})
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+    out = ["# Beyond one class (issue 13): digits", "",
+           "Every run: `erasediff.unlearn.unlearn` with the preset's EraseDiff settings (unconditional models: the "
+           "uniform-noise forget loss), made by `python tools/measure_beyond.py`.", "",
+           "## Unconditional model: share of samples classified as the forgotten class(es)", "",
+           "| run | forget | before | after | n | max change of another class (raw / renormalised) |", "|---|---|---|---|---|---|"]
+    out += [f"| {r['run']} | {r['forget']} | {pct(r['forget_share_before'])} | **{pct(r['forget_share_after'])}** | {r['n']} | "
+            f"{pct(r['other_max_change'])} / {pct(r['other_max_change_renormalised'])} |" for r in rows if "forget_share_after" in r]
+    out += ["", "## Class-conditional model: classifier accuracy, worst guidance scale", "",
+            "| run | forget | forgotten before | forgotten after (w) | remaining before | remaining after (w) |",
+            "|---|---|---|---|---|---|"]
+    out += [f"| {r['run']} | {r['forget']} | {pct(r['acc_forget_before'])} | **{pct(r['acc_forget_after'])}** ({r['worst_w_forget']}) | "
+            f"{pct(r['acc_remain_before'])} | {pct(r['acc_remain_after'])} ({r['worst_w_remain']}) |"
+            for r in rows if "acc_forget_after" in r]
+    out += ["", "## Sample level: 20 training images of class 3", "",
+            "| run | mean nearest-generated distance, forgotten / held-out, before | after | ratio before → after | "
+            "reproduced before → after | MIA accuracy before → after | samples of class 3 before → after |",
+            "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['run']} | {r['forgotten_dist_before']:.3f} / {r['heldout_dist_before']:.3f} | "
+            f"{r['forgotten_dist_after']:.3f} / {r['heldout_dist_after']:.3f} | {r['ratio_before']:.3f} → **{r['ratio_after']:.3f}** | "
+            f"{pct(r['reproduced_before'])} → {pct(r['reproduced_after'])} | {pct(r['mia_acc_before'])} → {pct(r['mia_acc_after'])} | "
+            f"{pct(r['class_share_before'])} → {pct(r['class_share_after'])} |" for r in rows if "ratio_after" in r]
+    out += ["", "| run | unlearning (s) | whole run with evaluation (s) |", "|---|---|---|"]
+    out += [f"| {r['run']} | {r['unlearn_s']} | {r['total_s']} |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("results/digits-beyond"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/beyond"))
+    ap.add_argument("--only", nargs="+", choices=sorted(JOBS), default=None)
+    args = ap.parse_args(argv)
+    rows = []
+    for name, (which, forget, seed, n_eval) in JOBS.items():
+        run = args.runs / name
+        if (run / "metrics.json").exists():
+            m = json.loads((run / "metrics.json").read_text())
+        elif args.only is None or name in args.only:
+            t = time.perf_counter()
+            m = unlearn("digits", forget, run, checkpoint=reference_path("digits", which), seed=seed,
+                        eval_per_class=n_eval, overwrite=True)
+            print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        else:
+            continue
+        rows.append(summary_row(name, m))
+        for fig in ("reproduction.png", "samples_after.png"):
+            if (run / fig).exists():
+                (args.out / "figures").mkdir(parents=True, exist_ok=True)
+                shutil.copy(run / fig, args.out / "figures" / f"{name}-{fig}")
+    atomic_write_json(args.out / "summary.json", rows)
+    atomic_write_bytes(args.out / "summary.md", markdown(rows).encode())
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
