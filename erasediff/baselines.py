@@ -266,7 +266,7 @@ class SAObjective(FinetuneObjective):
     def check_model(self, model):
         if num_classes(model) is None:
             raise ValueError("method 'sa' labels its surrogate images with the forgotten class: it needs a "
-                             "class-conditional model; for an unconditional one use erasediff with forget_loss='uniform'")
+                             "class-conditional model; for an unconditional one use erasediff (forget_loss 'retarget' or 'uniform')")
 
     def _data_sample(self, remain: ImageSet, forget: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
         "`fisher_images` images of D = D_r + D_f (a seeded draw, proportional to their sizes)."

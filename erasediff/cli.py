@@ -21,6 +21,12 @@ import torch
 __all__ = ['build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #3aa3a40d
+def _print_main(result: dict) -> None:
+    "Print a command's result as JSON, once: under `accelerate launch` only rank 0 prints."
+    from erasediff.core import is_main_process
+    if is_main_process(): print(json.dumps(result, indent=2, default=str))
+
+
 def _cmd_train(args) -> int:
     from dataclasses import asdict
     from erasediff.core import NoiseSchedule, is_main_process
@@ -54,7 +60,7 @@ def _cmd_train(args) -> int:
     if args.ship:
         command = "erasediff " + " ".join(shlex.quote(a) for a in args.argv)
         summary["manifest"] = ship_reference(args.out, preset.name, args.what, command, quality=quality)
-    print(json.dumps(summary, indent=2, default=str))
+    _print_main(summary)
     return 0
 
 
@@ -105,7 +111,7 @@ def _cmd_unlearn(args) -> int:
     m = unlearn(preset, spec, args.out, checkpoint=args.checkpoint, config=_overrides(args) or None, seed=args.seed,
                 overwrite=args.overwrite, progress=not args.quiet, method=args.method,
                 eval_per_class=args.eval_per_class, device=args.device)
-    print(json.dumps(m, indent=2, default=str))
+    _print_main(m)
     return 0
 
 
@@ -116,7 +122,7 @@ def _cmd_evaluate(args) -> int:
     m = evaluate_checkpoint(args.checkpoint, preset, reference_retrain=args.reference_retrain, out=args.out,
                             n_per_class=args.n_per_class, seed=args.seed, overwrite=args.overwrite,
                             progress=not args.quiet, inception_weights=args.inception_weights, device=args.device)
-    print(json.dumps(m, indent=2, default=str))
+    _print_main(m)
     return 0
 
 def _cmd_reproduce(args) -> int:
@@ -173,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--method", default="erasediff", choices=sorted(METHODS),
                    help="unlearning method: " + "; ".join(f"{k}: {m.description}" for k, m in sorted(METHODS.items())).replace("%", "%%"))
     u.add_argument("--lam", default=None, help="lambda >= 0, 'auto' (BOME's adaptive rule) or 'auto_cos' (the released code's)")
-    u.add_argument("--forget-loss", dest="forget_loss", default=None, choices=("deviate", "uniform", "gaussian"),
-                   help="deviate: follow a pseudo label's denoising trajectory (released); uniform / gaussian: regress to U(0,1) / N(0.5,I) noise (v1)")
+    u.add_argument("--forget-loss", dest="forget_loss", default=None, choices=("deviate", "uniform", "gaussian", "retarget"),
+                   help="deviate: follow a pseudo label's denoising trajectory (released); uniform / gaussian: regress to "
+                        "U(0,1) / N(0.5,I) noise (v1); retarget: denoise forgotten images towards remaining ones "
+                        "(the default for unconditional models)")
     u.add_argument("--pseudo-label", dest="pseudo_label", default=None, choices=("per_class", "per_sample", "per_batch"),
                    help="how the deviate loss draws its pseudo labels from the remaining classes")
     u.add_argument("--K", type=int, default=None, help="inner gradient steps on the forget loss")

@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, check_device, eps_loss, generate, load_unet,
-                            measure, num_classes, predict_eps, q_sample)
+from .core import (NoiseSchedule, atomic_write_bytes, atomic_write_json, check_device, eps_loss, generate,
+                   is_main_process, load_unet, measure, num_classes, predict_eps, q_sample)
 from .data import ForgetSpec, ImageSet, load_dataset, make_splits
 from .train import confusion_rows, per_class_accuracy
 from .unlearn import confusion_markdown, guidance_scales
@@ -1044,13 +1044,16 @@ def gradient_conflict_pairs(model: nn.Module, loss_a: LossFn, data_a, loss_b: Lo
 
 
 def unlearning_losses(schedule: NoiseSchedule, forget_loss: str = "deviate", forget_classes: Sequence[int] = (), *,
-                      preset: str = "digits", seed: int = 0) -> tuple[LossFn, LossFn, object]:
-    """EraseDiff's remain loss L_r and its forget loss L_f (`forget_loss`: 'deviate', 'uniform' or 'gaussian'), taken from
-    `erasediff.unlearn`'s objective for `preset`'s default config, with label dropout off (p_uncond = 0) so that they
-    measure the losses themselves. Returns (L_r, L_f, config); each maps (model, (x, y), generator) to a scalar."""
+                      preset: str = "digits", seed: int = 0, remain_images: Optional[torch.Tensor] = None
+                      ) -> tuple[LossFn, LossFn, object]:
+    """EraseDiff's remain loss L_r and its forget loss L_f (`forget_loss`: 'deviate', 'uniform', 'gaussian' or
+    'retarget', which pulls towards `remain_images` (N,C,H,W)), taken from `erasediff.unlearn`'s objective for
+    `preset`'s default config, with label dropout off (p_uncond = 0) so that they measure the losses themselves.
+    Returns (L_r, L_f, config); each maps (model, (x, y), generator) to a scalar."""
     from erasediff.unlearn import default_config, make_objective          # lazily: unlearn is the heavier module
     cfg = replace(default_config(preset), forget_loss=forget_loss, p_uncond=0.0, p_uncond_forget=0.0)
     obj = make_objective("erasediff", schedule, cfg, forget_classes, seed)
+    obj.retarget_images = remain_images
     return (lambda model, batch, g: obj.remain_loss(model, batch, g),
             lambda model, batch, g: obj.forget_loss(model, batch, g)[0], cfg)
 
@@ -1075,7 +1078,7 @@ def method_gradient_conflict(model: nn.Module, schedule: NoiseSchedule, remain, 
                              *, forget_loss: Optional[str] = None, preset: str = "digits", n_pairs: int = 8,
                              batch_size: Optional[int] = None, forget_batch_size: Optional[int] = None, seed: int = 0) -> dict:
     """Cosine between grad L_r (EraseDiff's remain loss on a D_r batch) and grad L_f (the method's own forget loss
-    `forget_loss` on a D_f batch; default: the preset's, and 'uniform' for an unconditional model, which has no pseudo
+    `forget_loss` on a D_f batch; default: the preset's, and 'retarget' for an unconditional model, which has no pseudo
     labels to deviate to), over `n_pairs` pairs of random batches with independent timesteps and noise per loss, in
     eval mode (dropout off): mean (`cosine`), std, per-pair values, and which loss it was. Batch sizes default to the
     preset's unlearning config. `remain`, `forget`: ImageSets or (images, labels) pairs."""
@@ -1083,8 +1086,9 @@ def method_gradient_conflict(model: nn.Module, schedule: NoiseSchedule, remain, 
     loss = forget_loss or default_config(preset).forget_loss
     note = None
     if loss == "deviate" and num_classes(model) is None:
-        loss, note = "uniform", "unconditional model: 'deviate' needs class labels, 'uniform' measured instead"
-    l_r, l_f, cfg = unlearning_losses(schedule, loss, forget_classes, preset=preset, seed=seed)
+        loss, note = "retarget", "unconditional model: 'deviate' needs class labels, 'retarget' measured instead"
+    l_r, l_f, cfg = unlearning_losses(schedule, loss, forget_classes, preset=preset, seed=seed,
+                                      remain_images=as_tensors(remain)[0])
     r = gradient_conflict_pairs(model, l_r, remain, l_f, forget, n_pairs=n_pairs, batch_size_a=batch_size or cfg.batch_size,
                                 batch_size_b=forget_batch_size or cfg.forget_batch_size or cfg.batch_size, seed=seed)
     return {"cosine": r["cosine"], "std": r["std"], "per_pair": r["per_pair"], "n_pairs": r["n_pairs"],
@@ -1518,6 +1522,7 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
     m["cost"] = {"wall_s": sum(c["wall_s"] for c in costs.values()), "peak_rss_mb": max(peaks) if peaks else None,
                  "cuda_peak_mb": cost_gen.get("cuda_peak_mb"), **{f"{k}_wall_s": c["wall_s"] for k, c in costs.items()}}
     m = _jsonable(m)
+    if not is_main_process(): return m      # `accelerate launch`: every process sampled its share, rank 0 writes
     title = f"{ck_name or 'model'} ({preset_name})"
     atomic_write_bytes(out / "kl.png", _fig_png(plot_kl(per_sample["kl_forget"], per_sample["kl_remain"], title=title)))
     atomic_write_bytes(out / "losses.png", _fig_png(plot_losses(per_sample["loss_forget"], per_sample["loss_remain"], title=title)))

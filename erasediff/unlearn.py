@@ -45,7 +45,7 @@ __all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q
            'split_losses', 'sample_level_metrics', 'model_card', 'confusion_markdown', 'unlearn']
 
 # %% ../nbs/03_unlearn.ipynb #599a4ed4
-FORGET_LOSSES = ("deviate", "uniform", "gaussian")
+FORGET_LOSSES = ("deviate", "uniform", "gaussian", "retarget")
 FORGET_NOISES = ("uniform", "gaussian")          # the noise targets of the first version's forget losses
 PSEUDO_LABELS = ("per_class", "per_sample", "per_batch")
 LAMBDA_RULES = ("auto", "auto_cos")
@@ -109,7 +109,8 @@ class UnlearnConfig:
 @dataclass(frozen=True)
 class ForgetLossConfig(UnlearnConfig):
     "The forget loss L_f shared by EraseDiff and the methods built on it (SalUn, SO, TS)."
-    forget_loss: str = "deviate"             # 'deviate' (released: follow a pseudo label's trajectory), 'uniform' / 'gaussian' (v1)
+    forget_loss: str = "deviate"             # 'deviate' (released: follow a pseudo label's trajectory), 'uniform' / 'gaussian' (v1),
+                                             # 'retarget' (ours: denoise towards remaining images; unconditional models' default)
     pseudo_label: str = "per_class"          # 'deviate' only: how c_p is drawn from the remaining classes (see pseudo_labels)
     p_uncond_forget: Optional[float] = None  # label dropout on D_f, uniform/gaussian losses only (None: same as p_uncond)
 
@@ -326,21 +327,23 @@ class ForgetObjective(FinetuneObjective):
         "ValueError before any work when the forget loss cannot be used with `model` (pseudo labels need classes)."
         if self.config.forget_loss == "deviate" and num_classes(model) is None:
             raise ValueError("forget_loss='deviate' needs a class-conditional model (its target is the prediction for a "
-                             "pseudo label); this model is unconditional: use forget_loss='uniform' or 'gaussian'")
+                             "pseudo label); this model is unconditional: use forget_loss='retarget', 'uniform' or 'gaussian'")
 
     def forget_loss(self, model: nn.Module, batch, generator: Optional[torch.Generator] = None, *,
                     draws: Optional[tuple] = None, weights: Optional[dict[str, torch.Tensor]] = None):
         """L_f on a forget batch (x (B,C,H,W), y (B,)). 'deviate': || eps(x_t, t, y) - sg(eps(x_t, t, c_p)) ||^2 with
-        eps ~ N(0, I) and pseudo labels c_p; 'uniform' / 'gaussian': || eps(x_t, t, y) - eps_f ||^2 with x_t noised by eps_f.
-        Returns (loss, draws); draws = (noise, t, labels, pseudo) evaluate other `weights` (phi_K) on the same draws."""
+        eps ~ N(0, I) and pseudo labels c_p; 'uniform' / 'gaussian': || eps(x_t, t, y) - eps_f ||^2 with x_t noised by eps_f;
+        'retarget': || x0_hat(x_t, t, y) - x_r ||^2, the model's estimate of x_0 from a noised forgotten image pulled to
+        a random remaining image x_r (`retarget_images`), the trajectory deviation of a model without classes.
+        Returns (loss, draws); draws = (noise, t, labels, pseudo, x_r) evaluate other `weights` (phi_K) on the same draws."""
         cfg = self.config
         x, y = batch
         p = next(model.parameters())
         x = x.to(p.device)
         if draws is None:
-            deviate = cfg.forget_loss == "deviate"
+            deviate, retarget = cfg.forget_loss == "deviate", cfg.forget_loss == "retarget"
             if deviate: self.check_model(model)
-            noise = (torch.randn(x.shape, generator=generator) if deviate
+            noise = (torch.randn(x.shape, generator=generator) if deviate or retarget
                      else forget_noise(x.shape, cfg.forget_loss, generator)).to(x)
             t = sample_timesteps(len(x), self.schedule.T, antithetic=cfg.antithetic, generator=generator, device=x.device)
             labels = _labels(model, y, p.device)
@@ -351,20 +354,38 @@ class ForgetObjective(FinetuneObjective):
             else:
                 pu = cfg.p_uncond if cfg.p_uncond_forget is None else cfg.p_uncond_forget
                 if labels is not None and pu > 0: labels = drop_labels(labels, null_label(model), pu, generator)
-            draws = (noise, t, labels, pseudo)
-        x, noise, t, labels, pseudo = local_rows(x, *draws)   # this process's rows (all of them on one process)
+            x_r = self._retarget_batch(len(x), generator).to(x) if retarget else None
+            draws = (noise, t, labels, pseudo, x_r)
+        x, noise, t, labels, pseudo, x_r = local_rows(x, *draws)   # this process's rows (all of them on one process)
         x_t = q_sample(x, t, noise, self.schedule)
         if weights is None: net = lambda c: model(x_t, t, class_labels=c).sample
         else: net = lambda c: functional_call(model, weights, (x_t, t), {"class_labels": c}).sample  # theta untouched
         eps = net(labels)
+        if x_r is not None:                                        # compare in image space: bounded at every t
+            ab = self.schedule.alpha_bar(t)
+            x0_hat = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+            return (x0_hat.float() - x_r.float()).pow(2).flatten(1).mean(1).mean(), draws
         if pseudo is None: target = noise
         else:
             with torch.no_grad(): target = net(pseudo)                 # stop-gradient target
         return (eps.float() - target.float()).pow(2).flatten(1).mean(1).mean(), draws
 
+    retarget_images = None   # the remaining images 'retarget' pulls towards: an ImageSet or images (N,C,H,W)
+
+    def _retarget_batch(self, n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+        "n random images (n,C,H,W) of `retarget_images` (the remaining set of the run, set at its first step)."
+        src = self.retarget_images
+        if src is None:
+            raise ValueError("forget_loss='retarget' needs remaining images to pull towards: set the objective's "
+                             "retarget_images (the loop does so from its batches at the first step)")
+        idx = torch.randint(len(src), (n,), generator=generator)
+        return src.batch(idx)[0] if isinstance(src, ImageSet) else src[idx]
+
     def on_step_start(self, model: nn.Module, step: int, batches, generator: torch.Generator) -> None:
         if self.forget_classes is None:
             self.forget_classes = forgotten_classes(batches.forget.ds, batches.remain.ds)
+        if self.retarget_images is None and self.config.forget_loss == "retarget":
+            self.retarget_images = batches.remain.ds
         self.step_gen = _substream(generator, 2, step)      # draws of this step's forget loss
 
     def step_forget_loss(self, model: nn.Module, forget) -> tuple[torch.Tensor, tuple]:
@@ -504,7 +525,9 @@ DEFAULT_CONFIGS: dict[str, EraseDiffConfig] = {
 
 # the first version's losses need their own step size on digits (calibrated in the previous sweep, kept at the end)
 LOSS_DEFAULTS: dict[str, dict[str, dict]] = {
-    "digits": {loss: dict(lr=1.5e-3, forget_batch_size=64, lam=1.0) for loss in ("uniform", "gaussian")},
+    "digits": {**{loss: dict(lr=1.5e-3, forget_batch_size=64, lam=1.0) for loss in ("uniform", "gaussian")},
+               # on the shipped unconditional model (nbs/08_beyond.ipynb): the same step size, a tenth of the lambda
+               "retarget": dict(lr=1.5e-3, forget_batch_size=64, lam=0.1)},
 }
 
 
@@ -641,7 +664,8 @@ def _is_conditional(preset: Preset, checkpoint) -> Optional[bool]:
 def _resolve_config(preset: Preset, method: str, config, conditional: Optional[bool] = True) -> UnlearnConfig:
     """The method's config: the preset default, a dict of overrides of it, or a config object of the right class.
     An unconditional model has no labels to deviate to: unless the user names `forget_loss` (a config object always
-    does; 'deviate' is then refused by `check_model` before any work), its default is the uniform-noise loss with that
+    does; 'deviate' is then refused by `check_model` before any work), its default is 'retarget' (the first version's
+    uniform-noise loss left 2-4 % of the samples in a forgotten class where retraining leaves 0.3 %), with that
     loss's calibrated settings."""
     m = get_method(method)
     loss = None
@@ -650,7 +674,7 @@ def _resolve_config(preset: Preset, method: str, config, conditional: Optional[b
                          "(no class embedding); drop the option (CLI: --pseudo-label)")
     if issubclass(m.config_cls, ForgetLossConfig):
         loss = config.get("forget_loss") if isinstance(config, dict) else None
-        if loss is None and conditional is False: loss = "uniform"
+        if loss is None and conditional is False: loss = "retarget"
     base = default_config(preset, method, loss)
     if config is None: return base
     if isinstance(config, dict):
@@ -808,6 +832,9 @@ def _where_to(m: dict) -> str:
     if loss == "deviate":
         return ("The forget loss sends the forgotten conditions onto the denoising trajectories of remaining classes "
                 "(pseudo labels), so their samples look like other classes: see the confusion rows above.")
+    if loss == "retarget":
+        return ("The forget loss makes the model denoise noised forgotten images towards remaining images, so the "
+                "trajectories that led to them now lead elsewhere.")
     if loss in ("uniform", "gaussian"):
         return "The forget loss pushes the forgotten conditions towards off-manifold images rather than towards other classes."
     return ""

@@ -27,6 +27,25 @@ res = fit(model, DiffusionObjective(schedule, p_uncond=0.1), InfiniteBatches(tra
           out=out / "train", progress=False)
 trained = {k: v.detach().clone() for k, v in res.model.state_dict().items()}
 
+
+class Stop(Exception):
+    "An interruption after step 3, past the step-2 checkpoint (every process stops at the same step)."
+
+
+def stop_at_3(step, model, logs):
+    if step == 3: raise Stop
+
+
+for attempt in ("interrupted", "resumed"):     # the same run, killed after step 3, then resumed from its step-2 checkpoint
+    torch.manual_seed(0)
+    try:
+        again = fit(make_unet(preset.unet), DiffusionObjective(schedule, p_uncond=0.1), InfiniteBatches(train, 16, seed=0),
+                    loop, out=out / "resume", progress=False, resume=attempt == "resumed",
+                    callback=stop_at_3 if attempt == "interrupted" else None)
+    except Stop:
+        continue
+resumed = {k: v.detach().clone() for k, v in again.model.state_dict().items()}
+
 # 2. EraseDiff: 4 outer steps (2 rounds, so 2 inner loops), adaptive lambda (every process must agree on it)
 cfg = dict(epochs=1, rounds=2, rem_num=32, batch_size=16, forget_batch_size=16, lam="auto", K=2)
 m = unlearn("digits", (2, 8), out / "unlearn", config=cfg, eval_per_class=0, progress=False, overwrite=True)
@@ -39,7 +58,7 @@ x = generate(unet, schedule, torch.arange(10).repeat(3), config=SamplerConfig("d
 if is_main_process():
     from diffusers import UNet2DModel
     unlearned = UNet2DModel.from_pretrained(out / "unlearn" / "unet").state_dict()
-    torch.save({"world": world, "trained": trained, "train_history": res.history, "unlearned": unlearned,
+    torch.save({"world": world, "trained": trained, "resumed": resumed, "train_history": res.history, "unlearned": unlearned,
                 "unlearn_final": m["final"], "samples": x, "files": sorted(str(p.relative_to(out)) for p in out.rglob("*"))},
                out / "result.pt")
 print(f"rank {rank} of {world}: done", flush=True)

@@ -44,7 +44,7 @@ def test_digits_even_attribute_splits_by_parity():
 def test_pipeline_folder_unlearns_unconditionally(tmp_path):
     pipe = _pipeline(tmp_path / "pipe")
     r = unlearn("digits", (3,), tmp_path / "out", checkpoint=pipe, config=SMALL, eval_per_class=0, progress=False)
-    assert r["config"]["forget_loss"] == "uniform"                # no labels to deviate to
+    assert r["config"]["forget_loss"] == "retarget"               # no labels to deviate to
     assert r["n_forget"] == int((load_digits_set("train").labels == 3).sum())
     assert (tmp_path / "out" / "unet" / "config.json").exists()
 
@@ -132,7 +132,7 @@ def test_attribute_forgetting_both_model_kinds(tmp_path, which):
                 sampler=FAST, progress=False)
     assert r["forget"]["kind"] == "attribute" and r["forget"]["classes"] == [0, 2, 4, 6, 8]
     if which == "unconditional":
-        assert r["config"]["forget_loss"] == "uniform" and 0 <= r["after"]["forget_share"] <= 1
+        assert r["config"]["forget_loss"] == "retarget" and 0 <= r["after"]["forget_share"] <= 1
         assert abs(sum(r["after"]["class_shares"].values()) - 1) < 1e-6
     else:
         assert {int(c) for c in r["after"]["by_w"]["0"]["confusion"]} == {0, 2, 4, 6, 8}
@@ -154,3 +154,37 @@ def test_sample_level_report(tmp_path, which):
     assert "nearest-generated distance" in card and "membership inference" in card
     assert (tmp_path / "out" / "reproduction.png").stat().st_size > 1000
     json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_unconditional_models_default_to_retarget():
+    "No labels to deviate to: the default forget loss is 'retarget' with its calibrated settings; a user's choice wins."
+    from erasediff.train import get_preset
+    from erasediff.unlearn import LOSS_DEFAULTS, _resolve_config, default_config
+    p = get_preset("digits")
+    unc = _resolve_config(p, "erasediff", None, conditional=False)
+    assert unc.forget_loss == "retarget" and unc.lam == LOSS_DEFAULTS["digits"]["retarget"]["lam"]
+    assert unc.steps == default_config(p).steps                                  # the preset's budget
+    assert _resolve_config(p, "erasediff", None, conditional=True) == default_config(p)
+    assert _resolve_config(p, "erasediff", {"forget_loss": "uniform"}, conditional=False).forget_loss == "uniform"
+
+
+def test_retarget_loss_is_the_x0_estimate_against_a_remaining_image():
+    "L_f = || (x_t - sqrt(1 - ab) eps_theta) / sqrt(ab) - x_r ||^2 with x_r drawn from the remaining images."
+    from erasediff.unlearn import EraseDiffObjective, default_config
+    from erasediff.core import q_sample
+    sched = NoiseSchedule()
+    torch.manual_seed(0); m = make_unet(TINY).eval()
+    obj = EraseDiffObjective(sched, replace(default_config("digits"), forget_loss="retarget"))
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    with pytest.raises(ValueError, match="retarget_images"):
+        obj.forget_loss(m, (x, torch.zeros(4, dtype=torch.long)), torch.Generator().manual_seed(0))
+    obj.retarget_images = torch.rand(10, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        loss, (noise, t, labels, pseudo, x_r) = obj.forget_loss(m, (x, torch.zeros(4, dtype=torch.long)),
+                                                                torch.Generator().manual_seed(0))
+        assert labels is None and pseudo is None
+        assert any(torch.equal(r, c) for r in x_r for c in obj.retarget_images)      # targets are remaining images
+        x_t = q_sample(x, t, noise, sched)
+        ab = sched.alpha_bar(t)
+        x0 = (x_t - (1 - ab).sqrt() * m(x_t, t).sample) / ab.sqrt()
+        assert torch.allclose(loss, (x0 - x_r).pow(2).mean(), rtol=1e-5)

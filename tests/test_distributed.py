@@ -53,6 +53,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(runs):
     assert _max_diff(one["trained"], two["trained"]) < 2e-4          # after 4 AdamW steps of lr 1e-3 (EMA weights)
 
 
+def test_an_interrupted_run_resumes_exactly_on_either(runs):
+    for r in runs:                                                   # killed after step 3, resumed from step 2
+        assert _max_diff(r["trained"], r["resumed"]) == 0, r["world"]
+
+
 def test_two_processes_unlearn_like_one(runs):
     one, two = runs
     f1, f2 = one["unlearn_final"], two["unlearn_final"]

@@ -114,8 +114,8 @@ def test_forget_batch_uses_configured_noise(splits, kind, mean, var):
     m = tiny_model()
     obj = EraseDiffObjective(SCHED, EraseDiffConfig(forget_loss=kind))
     batch = splits.forget.tensors(64)
-    _, (noise, t, labels, pseudo) = obj.forget_loss(m, batch, torch.Generator().manual_seed(0))
-    assert pseudo is None
+    _, (noise, t, labels, pseudo, x_r) = obj.forget_loss(m, batch, torch.Generator().manual_seed(0))
+    assert pseudo is None and x_r is None
     assert noise.shape == batch[0].shape
     assert abs(noise.mean().item() - mean) < 0.02 and abs(noise.var().item() - var) < 0.03 * var / (1 / 12) ** 0.5
     if kind == "uniform":
@@ -274,7 +274,7 @@ def test_deviate_target_has_no_gradient(splits):
     obj = EraseDiffObjective(SCHED, EraseDiffConfig(forget_loss="deviate", pseudo_label="per_sample", antithetic=False),
                              forget_classes=(2, 8))
     fb = splits.forget.tensors(8)
-    L, (noise, t, labels, pseudo) = obj.forget_loss(m, fb, torch.Generator().manual_seed(0))
+    L, (noise, t, labels, pseudo, _) = obj.forget_loss(m, fb, torch.Generator().manual_seed(0))
     assert not torch.isin(pseudo, torch.tensor([2, 8])).any() and torch.equal(labels, fb[1])
     params = list(m.parameters())
     got = torch.autograd.grad(L, params, allow_unused=True)
@@ -300,7 +300,7 @@ def test_deviate_outer_gradient_is_hand_computed(splits):
     obj2 = EraseDiffObjective(SCHED, cfg, forget_classes=(2, 8))
     g = torch.Generator().manual_seed(0); params = list(m.parameters())
     gr = torch.autograd.grad(obj2.remain_loss(m, batch[0], g), params, allow_unused=True)
-    Lf, (noise, t, labels, pseudo) = obj2.forget_loss(m, batch[1], torch.Generator().manual_seed(obj2.seed))  # own stream
+    Lf, (noise, t, labels, pseudo, _) = obj2.forget_loss(m, batch[1], torch.Generator().manual_seed(obj2.seed))  # own stream
     x_t = q_sample(batch[1][0], t, noise, SCHED)
     with torch.no_grad(): target = m(x_t, t, class_labels=pseudo).sample
     gf = torch.autograd.grad((m(x_t, t, class_labels=labels).sample - target).pow(2).flatten(1).mean(1).mean(), params,
@@ -480,14 +480,14 @@ def test_unlearn_spec_must_match_model(tmp_path, ckpt, monkeypatch):
 
 def test_unlearn_unconditional_and_ids(tmp_path):
     """Unconditional checkpoints (labels None) and forgetting sample ids both run end to end. Unconditional models get
-    the uniform-noise loss by default; asking for the pseudo-label loss is an error before any work."""
+    the retargeting loss by default; asking for the pseudo-label loss is an error before any work."""
     unc = tmp_path / "unc"; save_unet(make_unet(replace(TINY, num_classes=None)), unc)
     r = unlearn("digits", (3,), tmp_path / "a", checkpoint=unc, config=SMALL, eval_per_class=0, progress=False)
-    assert math.isfinite(r["after"]["loss_forget"]) and r["config"]["forget_loss"] == "uniform"
-    assert r["config"]["lr"] == default_config("digits", forget_loss="uniform").lr != default_config("digits").lr
+    assert math.isfinite(r["after"]["loss_forget"]) and r["config"]["forget_loss"] == "retarget"
+    assert r["config"]["lr"] == default_config("digits", forget_loss="retarget").lr != default_config("digits").lr
     r = unlearn("digits", (3,), tmp_path / "d", checkpoint=unc, config={**SMALL, "p_uncond_forget": 0.2}, eval_per_class=0,
-                progress=False)                             # a v1 option is fine: the loss is uniform for this model
-    assert r["config"]["forget_loss"] == "uniform" and r["config"]["p_uncond_forget"] == 0.2
+                progress=False)                             # a label-dropout option is fine: the loss is retarget here
+    assert r["config"]["forget_loss"] == "retarget" and r["config"]["p_uncond_forget"] == 0.2
     for cfg in ({**SMALL, "forget_loss": "deviate"}, replace(default_config("digits"), forget_loss="deviate")):
         with pytest.raises(ValueError, match="class-conditional"):
             unlearn("digits", (3,), tmp_path / "c", checkpoint=unc, config=cfg, eval_per_class=0, progress=False)
