@@ -163,7 +163,7 @@ def test_unconditional_models_default_to_retarget():
     p = get_preset("digits")
     unc = _resolve_config(p, "erasediff", None, conditional=False)
     assert unc.forget_loss == "retarget" and unc.lam == LOSS_DEFAULTS["digits"]["retarget"]["lam"]
-    assert unc.steps == default_config(p).steps                                  # the preset's budget
+    assert unc.steps == 3 * default_config(p).steps                              # its own calibrated budget
     assert _resolve_config(p, "erasediff", None, conditional=True) == default_config(p)
     assert _resolve_config(p, "erasediff", {"forget_loss": "uniform"}, conditional=False).forget_loss == "uniform"
 

@@ -484,7 +484,7 @@ def test_unlearn_unconditional_and_ids(tmp_path):
     unc = tmp_path / "unc"; save_unet(make_unet(replace(TINY, num_classes=None)), unc)
     r = unlearn("digits", (3,), tmp_path / "a", checkpoint=unc, config=SMALL, eval_per_class=0, progress=False)
     assert math.isfinite(r["after"]["loss_forget"]) and r["config"]["forget_loss"] == "retarget"
-    assert r["config"]["lr"] == default_config("digits", forget_loss="retarget").lr != default_config("digits").lr
+    assert r["config"]["lam"] == default_config("digits", forget_loss="retarget").lam != default_config("digits").lam
     r = unlearn("digits", (3,), tmp_path / "d", checkpoint=unc, config={**SMALL, "p_uncond_forget": 0.2}, eval_per_class=0,
                 progress=False)                             # a label-dropout option is fine: the loss is retarget here
     assert r["config"]["forget_loss"] == "retarget" and r["config"]["p_uncond_forget"] == 0.2
