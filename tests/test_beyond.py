@@ -44,7 +44,7 @@ def test_digits_even_attribute_splits_by_parity():
 def test_pipeline_folder_unlearns_unconditionally(tmp_path):
     pipe = _pipeline(tmp_path / "pipe")
     r = unlearn("digits", (3,), tmp_path / "out", checkpoint=pipe, config=SMALL, eval_per_class=0, progress=False)
-    assert r["config"]["forget_loss"] == "retarget"               # no labels to deviate to
+    assert r["config"]["forget_loss"] == "uniform"                # no labels to deviate to: the paper's v1 loss
     assert r["n_forget"] == int((load_digits_set("train").labels == 3).sum())
     assert (tmp_path / "out" / "unet" / "config.json").exists()
 
@@ -132,7 +132,7 @@ def test_attribute_forgetting_both_model_kinds(tmp_path, which):
                 sampler=FAST, progress=False)
     assert r["forget"]["kind"] == "attribute" and r["forget"]["classes"] == [0, 2, 4, 6, 8]
     if which == "unconditional":
-        assert r["config"]["forget_loss"] == "retarget" and 0 <= r["after"]["forget_share"] <= 1
+        assert r["config"]["forget_loss"] == "uniform" and 0 <= r["after"]["forget_share"] <= 1
         assert abs(sum(r["after"]["class_shares"].values()) - 1) < 1e-6
     else:
         assert {int(c) for c in r["after"]["by_w"]["0"]["confusion"]} == {0, 2, 4, 6, 8}
@@ -156,16 +156,17 @@ def test_sample_level_report(tmp_path, which):
     json.loads((tmp_path / "out" / "metrics.json").read_text())
 
 
-def test_unconditional_models_default_to_retarget():
-    "No labels to deviate to: the default forget loss is 'retarget' with its calibrated settings; a user's choice wins."
+def test_unconditional_models_default_to_uniform_and_retarget_has_its_own_calibration():
+    "No labels to deviate to: the default is the paper's uniform loss; 'retarget' (asked for) brings its calibration."
     from erasediff.train import get_preset
     from erasediff.unlearn import LOSS_DEFAULTS, _resolve_config, default_config
     p = get_preset("digits")
     unc = _resolve_config(p, "erasediff", None, conditional=False)
-    assert unc.forget_loss == "retarget" and unc.lam == LOSS_DEFAULTS["digits"]["retarget"]["lam"]
-    assert unc.steps == 3 * default_config(p).steps                              # its own calibrated budget
+    assert unc == default_config(p, forget_loss="uniform") and unc.forget_loss == "uniform"
     assert _resolve_config(p, "erasediff", None, conditional=True) == default_config(p)
-    assert _resolve_config(p, "erasediff", {"forget_loss": "uniform"}, conditional=False).forget_loss == "uniform"
+    rt = _resolve_config(p, "erasediff", {"forget_loss": "retarget"}, conditional=False)
+    assert (rt.lam, rt.lr, rt.epochs) == tuple(LOSS_DEFAULTS["digits"]["retarget"][k] for k in ("lam", "lr", "epochs"))
+    assert rt.steps == 3 * default_config(p).steps                              # its own calibrated budget
 
 
 def test_retarget_loss_is_the_x0_estimate_against_a_remaining_image():

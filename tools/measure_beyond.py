@@ -20,21 +20,26 @@ from erasediff.train import reference_path
 from erasediff.unlearn import unlearn
 
 CLASS_3 = tuple(torch.nonzero(load_digits_set("train").labels == 3).flatten()[:20].tolist())
-JOBS = {  # name: (model, forget, seed, eval_per_class)
+RT, UNI = {"forget_loss": "retarget"}, {"forget_loss": "uniform"}
+JOBS = {  # name: (model, forget, seed, eval_per_class, config overrides)
     # 1000 samples per unconditional evaluation: a share's sampling error is then 1 point, not 1.7 (320 samples)
-    **{f"uncond-class2-seed{s}": ("unconditional", (2,), s, 100) for s in range(3)},
-    "uncond-class8-seed0": ("unconditional", (8,), 0, 100),
-    "uncond-class5-seed0": ("unconditional", (5,), 0, 100),
-    "uncond-even-seed0": ("unconditional", ForgetSpec(attribute="even"), 0, 100),
-    "cond-even-seed0": ("unscrubbed", ForgetSpec(attribute="even"), 0, 16),
-    "cond-ids-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_3), 0, 32),
-    "uncond-ids-seed0": ("unconditional", ForgetSpec(ids=CLASS_3), 0, 32),
+    **{f"uncond-class2-seed{s}": ("unconditional", (2,), s, 100, RT) for s in range(3)},
+    "uncond-class8-seed0": ("unconditional", (8,), 0, 100, RT),
+    "uncond-class5-seed0": ("unconditional", (5,), 0, 100, RT),
+    "uncond-even-seed0": ("unconditional", ForgetSpec(attribute="even"), 0, 100, RT),
+    "cond-even-seed0": ("unscrubbed", ForgetSpec(attribute="even"), 0, 16, None),
+    "cond-ids-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_3), 0, 32, None),
+    "uncond-ids-seed0": ("unconditional", ForgetSpec(ids=CLASS_3), 0, 32, RT),
+    # the default loss of unconditional models (the paper's first version)
+    "uncond-uniform-class2-seed0": ("unconditional", (2,), 0, 100, UNI),
+    "uncond-uniform-class8-seed0": ("unconditional", (8,), 0, 100, UNI),
 }
 
 
 def summary_row(name: str, m: dict) -> dict:
     b, a = m["before"], m["after"]
     row = {"run": name, "model": JOBS[name][0], "forget": m["forget"]["description"], "seed": m["seed"],
+           "forget_loss": m["config"].get("forget_loss"),
            "unlearn_s": round(m["unlearn_seconds"], 1), "total_s": round(m["total_seconds"], 1)}
     if "forget_share" in a:
         F = set(m["forget"]["classes"])
@@ -60,11 +65,12 @@ def summary_row(name: str, m: dict) -> dict:
 def markdown(rows: list[dict]) -> str:
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
     out = ["# Beyond one class (issue 13): digits", "",
-           "Every run: `erasediff.unlearn.unlearn` with the preset's EraseDiff settings (unconditional models: the "
-           "uniform-noise forget loss), made by `python tools/measure_beyond.py`.", "",
+           "Every run: `erasediff.unlearn.unlearn` with the preset's EraseDiff settings for its forget loss (class-"
+           "conditional: the released `deviate`; unconditional: `retarget` or the default `uniform`, as the loss column "
+           "says), made by `python tools/measure_beyond.py`.", "",
            "## Unconditional model: share of samples classified as the forgotten class(es)", "",
-           "| run | forget | before | after | n | max change of another class (raw / renormalised) |", "|---|---|---|---|---|---|"]
-    out += [f"| {r['run']} | {r['forget']} | {pct(r['forget_share_before'])} | **{pct(r['forget_share_after'])}** | {r['n']} | "
+           "| run | forget | loss | before | after | n | max change of another class (raw / renormalised) |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['run']} | {r['forget']} | {r['forget_loss']} | {pct(r['forget_share_before'])} | **{pct(r['forget_share_after'])}** | {r['n']} | "
             f"{pct(r['other_max_change'])} / {pct(r['other_max_change_renormalised'])} |" for r in rows if "forget_share_after" in r]
     out += ["", "## Class-conditional model: classifier accuracy, worst guidance scale", "",
             "| run | forget | forgotten before | forgotten after (w) | remaining before | remaining after (w) |",
@@ -92,13 +98,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", choices=sorted(JOBS), default=None)
     args = ap.parse_args(argv)
     rows = []
-    for name, (which, forget, seed, n_eval) in JOBS.items():
+    for name, (which, forget, seed, n_eval, config) in JOBS.items():
         run = args.runs / name
         if (run / "metrics.json").exists():
             m = json.loads((run / "metrics.json").read_text())
         elif args.only is None or name in args.only:
             t = time.perf_counter()
-            m = unlearn("digits", forget, run, checkpoint=reference_path("digits", which), seed=seed,
+            m = unlearn("digits", forget, run, checkpoint=reference_path("digits", which), seed=seed, config=config,
                         eval_per_class=n_eval, overwrite=True)
             print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
         else:
