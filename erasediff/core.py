@@ -33,7 +33,7 @@ __all__ = ['ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'n
            'mean_scalars', 'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps', 'inference_timesteps',
            'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample', 'generate', 'diffusers_scheduler',
            'sample_with_diffusers', 'make_ema', 'ema_model', 'atomic_write_bytes', 'atomic_write_json', 'atomic_dir',
-           'sha256_path', 'save_unet', 'load_unet', 'check_schedule', 'check_device', 'measure']
+           'sha256_path', 'save_unet', 'unet_config_path', 'load_unet', 'check_schedule', 'check_device', 'measure']
 
 # %% ../nbs/00_core.ipynb #aa1c7706
 @dataclass(frozen=True)
@@ -521,14 +521,21 @@ def save_unet(model: UNet2DModel, path: Path | str, overwrite: bool = True) -> P
     return Path(path)
 
 
+def unet_config_path(folder: Path | str) -> Path:
+    "The UNet's config.json in a diffusers folder: `unet/config.json` in a pipeline folder, else `config.json`."
+    p = Path(folder)
+    return p / "unet" / "config.json" if (p / "unet" / "config.json").exists() else p / "config.json"
+
+
 def load_unet(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> UNet2DModel:
     "Load a diffusers UNet2DModel from a local folder (model or pipeline with `unet/`) or a hub name."
     p = Path(name_or_path)
     if p.exists():
         if not p.is_dir():
             raise ValueError(f"checkpoint {p} is a file; expected a diffusers folder with config.json")
-        sub = "unet" if (p / "unet" / "config.json").exists() else None
-        if sub is None and not (p / "config.json").exists():
+        cfg = unet_config_path(p)
+        sub = "unet" if cfg.parent != p else None
+        if not cfg.exists():
             raise FileNotFoundError(f"checkpoint folder {p} has no config.json (nor unet/config.json): not a diffusers UNet")
         try:
             model = UNet2DModel.from_pretrained(p, subfolder=sub)

@@ -36,10 +36,10 @@ from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_spli
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
-           'NonFiniteLossError', 'FitResult', 'fit', 'DigitsClassifier', 'ResNetClassifier', 'predict', 'accuracy',
-           'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid',
-           'show_grid', 'save_grid', 'train_reference', 'data_dir', 'read_manifest', 'reference_path', 'load_reference',
-           'ship_reference', 'class_recognition', 'class_shares']
+           'NonFiniteLossError', 'FitResult', 'check_data_parallel', 'fit', 'DigitsClassifier', 'ResNetClassifier',
+           'predict', 'accuracy', 'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset',
+           'sample_grid', 'show_grid', 'save_grid', 'train_reference', 'data_dir', 'read_manifest', 'reference_path',
+           'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -145,6 +145,14 @@ def _set_global_rng(state: Optional[dict]) -> None:
     if state.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
 
 # %% ../nbs/02_train.ipynb #51a9e5a4
+def check_data_parallel(objective) -> None:
+    "ValueError when this run has several processes (`accelerate launch`) and `objective` runs on one process only."
+    world = data_parallel()[1]
+    if world > 1 and not getattr(objective, "data_parallel", False):
+        raise ValueError(f"{type(objective).__name__} runs on one process only; launch it without accelerate "
+                         f"(this run has {world} processes)")
+
+
 def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, out: Optional[Path | str] = None,
         resume: bool = False, params: Optional[Sequence[nn.Parameter]] = None, progress: bool = True,
         callback: Optional[Callable[[int, nn.Module, dict], None]] = None, desc: str = "training",
@@ -184,9 +192,7 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
         m = copy.deepcopy(model); ema.copy_to(m.parameters()); return m
 
     rank, world = data_parallel()
-    if world > 1 and not getattr(objective, "data_parallel", False):
-        raise ValueError(f"{type(objective).__name__} runs on one process only; launch it without accelerate "
-                         f"(this run has {world} processes)")
+    check_data_parallel(objective)
 
     def checkpoint(step: int) -> None:
         if out is None or rank > 0: return               # one writer: rank 0

@@ -30,11 +30,11 @@ from diffusers import UNet2DModel
 from torch.func import functional_call
 
 from .core import (NoiseSchedule, SamplerConfig, all_mean, atomic_dir, atomic_write_bytes, atomic_write_json, check_device, check_schedule,
-                   data_parallel, drop_labels, eps_loss, generate, is_main_process, load_unet, local_rows, mean_scalars,
-                   num_classes, null_label, q_sample, sample_timesteps, sha256_path)
+                   drop_labels, eps_loss, generate, is_main_process, load_unet, local_rows, mean_scalars,
+                   num_classes, null_label, q_sample, sample_timesteps, sha256_path, unet_config_path)
 from .data import ForgetSpec, ImageSet, InfiniteBatches, Splits, make_splits
-from .train import (CLASSIFIERS, LoopConfig, Preset, confusion_rows, fit, get_preset, per_class_accuracy, predict,
-                    save_grid)
+from .train import (CLASSIFIERS, LoopConfig, Preset, check_data_parallel, confusion_rows, fit, get_preset,
+                    per_class_accuracy, predict, save_grid)
 
 # %% auto #0
 __all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS',
@@ -656,8 +656,7 @@ def _is_conditional(preset: Preset, checkpoint) -> Optional[bool]:
         if checkpoint is None:
             from erasediff.train import reference_path
             checkpoint = reference_path(preset.name, "unscrubbed")
-        p = Path(checkpoint)
-        cfg = json.loads((p / "unet" / "config.json" if (p / "unet" / "config.json").exists() else p / "config.json").read_text())
+        cfg = json.loads(unet_config_path(checkpoint).read_text())
     except (OSError, ValueError):
         return None                                   # missing / corrupt / hub name: the loader says why, later
     return cfg.get("num_class_embeds") is not None
@@ -895,9 +894,7 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     fclasses = splits.forget_classes
     objective = make_objective(method, schedule, config, fclasses, seed)
     objective.check_model(model)                               # e.g. a pseudo-label loss on an unconditional model
-    if data_parallel()[1] > 1 and not getattr(objective, "data_parallel", False):
-        raise ValueError(f"method {method!r} runs on one process only; launch it without accelerate "
-                         f"(this run has {data_parallel()[1]} processes)")
+    check_data_parallel(objective)                             # e.g. SA under accelerate launch
     clf, clf_info = _load_classifier(preset, classifier, dev) if n_eval else (None, None)
     source["weights_sha256"] = _weights_sha256(model)
     # ---- work ----
