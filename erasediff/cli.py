@@ -180,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unlearning method: " + "; ".join(f"{k}: {m.description}" for k, m in sorted(METHODS.items())).replace("%", "%%"))
     u.add_argument("--lam", default=None, help="lambda >= 0, 'auto' (BOME's adaptive rule) or 'auto_cos' (the released code's)")
     u.add_argument("--forget-loss", dest="forget_loss", default=None, choices=("deviate", "uniform", "gaussian", "retarget"),
-                   help="deviate: follow a pseudo label's denoising trajectory (released); uniform / gaussian: regress to "
-                        "U(0,1) / N(0.5,I) noise (v1, the default for unconditional models); retarget: denoise "
-                        "forgotten images towards remaining ones (experimental)")
+                   help="deviate: follow a pseudo label's denoising trajectory (released; the default of class-conditional "
+                        "models for classes and attributes); uniform / gaussian: regress to U(0,1) / N(0.5,I) noise (v1); "
+                        "retarget: denoise noised forgotten images as a model of the remaining images would (the default "
+                        "of unconditional models and of --forget-ids)")
     u.add_argument("--pseudo-label", dest="pseudo_label", default=None, choices=("per_class", "per_sample", "per_batch"),
                    help="how the deviate loss draws its pseudo labels from the remaining classes")
     u.add_argument("--K", type=int, default=None, help="inner gradient steps on the forget loss")

@@ -1078,15 +1078,15 @@ def method_gradient_conflict(model: nn.Module, schedule: NoiseSchedule, remain, 
                              *, forget_loss: Optional[str] = None, preset: str = "digits", n_pairs: int = 8,
                              batch_size: Optional[int] = None, forget_batch_size: Optional[int] = None, seed: int = 0) -> dict:
     """Cosine between grad L_r (EraseDiff's remain loss on a D_r batch) and grad L_f (the method's own forget loss
-    `forget_loss` on a D_f batch; default: the preset's, and 'uniform' for an unconditional model, which has no pseudo
-    labels to deviate to), over `n_pairs` pairs of random batches with independent timesteps and noise per loss, in
+    `forget_loss` on a D_f batch; default: the preset's, and 'retarget' (unlearn's default there) for an unconditional
+    model, which has no pseudo labels to deviate to), over `n_pairs` pairs of random batches with independent timesteps and noise per loss, in
     eval mode (dropout off): mean (`cosine`), std, per-pair values, and which loss it was. Batch sizes default to the
     preset's unlearning config. `remain`, `forget`: ImageSets or (images, labels) pairs."""
     from erasediff.unlearn import default_config
     loss = forget_loss or default_config(preset).forget_loss
     note = None
     if loss == "deviate" and num_classes(model) is None:
-        loss, note = "uniform", "unconditional model: 'deviate' needs class labels, 'uniform' measured instead"
+        loss, note = "retarget", "unconditional model: 'deviate' needs class labels, 'retarget' measured instead"
     l_r, l_f, cfg = unlearning_losses(schedule, loss, forget_classes, preset=preset, seed=seed,
                                       remain_images=as_tensors(remain)[0])
     r = gradient_conflict_pairs(model, l_r, remain, l_f, forget, n_pairs=n_pairs, batch_size_a=batch_size or cfg.batch_size,

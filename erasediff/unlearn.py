@@ -39,10 +39,10 @@ from .train import (CLASSIFIERS, LoopConfig, Preset, check_data_parallel, confus
 # %% auto #0
 __all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS',
            'LOSS_DEFAULTS', 'PEER_W', 'UnlearnConfig', 'ForgetLossConfig', 'EraseDiffConfig', 'FinetuneConfig',
-           'forget_noise', 'allowed_pseudo_classes', 'pseudo_labels', 'select_params', 'PairedBatches',
-           'forgotten_classes', 'adaptive_lambda', 'FinetuneObjective', 'ForgetObjective', 'EraseDiffObjective',
-           'Method', 'get_method', 'make_objective', 'default_config', 'guidance_scales', 'sample_accuracy',
-           'split_losses', 'sample_level_metrics', 'model_card', 'confusion_markdown', 'unlearn']
+           'forget_noise', 'posterior_mean', 'allowed_pseudo_classes', 'pseudo_labels', 'select_params',
+           'PairedBatches', 'forgotten_classes', 'adaptive_lambda', 'FinetuneObjective', 'ForgetObjective',
+           'EraseDiffObjective', 'Method', 'get_method', 'make_objective', 'default_config', 'guidance_scales',
+           'sample_accuracy', 'split_losses', 'sample_level_metrics', 'model_card', 'confusion_markdown', 'unlearn']
 
 # %% ../nbs/03_unlearn.ipynb #599a4ed4
 FORGET_LOSSES = ("deviate", "uniform", "gaussian", "retarget")
@@ -110,9 +110,10 @@ class UnlearnConfig:
 class ForgetLossConfig(UnlearnConfig):
     "The forget loss L_f shared by EraseDiff and the methods built on it (SalUn, SO, TS)."
     forget_loss: str = "deviate"             # 'deviate' (released: follow a pseudo label's trajectory), 'uniform' / 'gaussian' (v1),
-                                             # 'retarget' (ours, experimental: denoise towards remaining images)
+                                             # 'retarget' (ours: denoise towards the remaining images, see posterior_mean)
     pseudo_label: str = "per_class"          # 'deviate' only: how c_p is drawn from the remaining classes (see pseudo_labels)
-    p_uncond_forget: Optional[float] = None  # label dropout on D_f, uniform/gaussian losses only (None: same as p_uncond)
+    p_uncond_forget: Optional[float] = None  # label dropout on D_f, not with 'deviate' (None: same as p_uncond)
+    retarget_pool: int = 2048                # 'retarget' only: remaining images drawn per step for its target (all when fewer)
 
     def __post_init__(self):
         super().__post_init__()
@@ -125,6 +126,8 @@ class ForgetLossConfig(UnlearnConfig):
                              f"label, a dropped label would pull the null condition too), got {self.p_uncond_forget}")
         if self.p_uncond_forget is not None and not 0 <= self.p_uncond_forget < 1:
             raise ValueError(f"p_uncond_forget must be in [0, 1) or None, got {self.p_uncond_forget}")
+        if not isinstance(self.retarget_pool, int) or self.retarget_pool < 1:
+            raise ValueError(f"retarget_pool must be an int >= 1 (remaining images per step), got {self.retarget_pool!r}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,23 @@ def forget_noise(shape: Sequence[int], kind: str = "uniform", generator: Optiona
     if kind == "uniform": return torch.rand(tuple(shape), generator=generator)
     if kind == "gaussian": return torch.randn(tuple(shape), generator=generator) + 0.5
     raise ValueError(f"forget noise kind must be one of {FORGET_NOISES}, got {kind!r}")
+
+def posterior_mean(x_t: torch.Tensor, t: torch.Tensor, pool: torch.Tensor, schedule: NoiseSchedule,
+                   allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """E[x_0 | x_t] when x_0 is one of the `pool` images (M,C,H,W), each equally likely: the optimal denoiser of those
+    images at x_t (B,C,H,W), t (B,). x_0 = sum_j w_j pool_j with w = softmax_j(-||x_t - sqrt(ab) pool_j||^2 / 2(1 - ab)):
+    the pool's mean at large t, the nearest pool image at small t. `allowed` (B,M) bool: row i's posterior only over
+    the pool images allowed to it (each row needs one). Returns (B,C,H,W), computed in float32 without gradient."""
+    with torch.no_grad():
+        ab = schedule.alpha_bar(t).view(-1, 1).float()                                   # (B,1)
+        xf, pf = x_t.flatten(1).float(), pool.flatten(1).float().to(x_t.device)          # (B,D), (M,D)
+        d2 = xf.pow(2).sum(1, keepdim=True) - 2 * ab.sqrt() * (xf @ pf.T) + ab * pf.pow(2).sum(1)[None]  # (B,M)
+        logits = -d2 / (2 * (1 - ab))
+        if allowed is not None:
+            if allowed.shape != logits.shape or not bool(allowed.any(1).all()):
+                raise ValueError(f"allowed must be (B, M) = {tuple(logits.shape)} with a True in every row")
+            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+        return (torch.softmax(logits, dim=1) @ pf).view_as(x_t).to(x_t.dtype)
 
 def allowed_pseudo_classes(label: int, n_classes: int, forget_classes: Sequence[int] = ()) -> list[int]:
     "Classes a forget image of class `label` may be sent to: every class but its own and the forgotten ones."
@@ -334,7 +354,8 @@ class ForgetObjective(FinetuneObjective):
         """L_f on a forget batch (x (B,C,H,W), y (B,)). 'deviate': || eps(x_t, t, y) - sg(eps(x_t, t, c_p)) ||^2 with
         eps ~ N(0, I) and pseudo labels c_p; 'uniform' / 'gaussian': || eps(x_t, t, y) - eps_f ||^2 with x_t noised by eps_f;
         'retarget': || x0_hat(x_t, t, y) - x_r ||^2, the model's estimate of x_0 from a noised forgotten image pulled to
-        a random remaining image x_r (`retarget_images`), the trajectory deviation of a model without classes.
+        x_r = `posterior_mean` of the remaining images (`retarget_images`) at (x_t, t): what a model trained on them
+        alone would estimate there (for a conditional model, over the remaining images of class y when there are some).
         Returns (loss, draws); draws = (noise, t, labels, pseudo, x_r) evaluate other `weights` (phi_K) on the same draws."""
         cfg = self.config
         x, y = batch
@@ -354,7 +375,8 @@ class ForgetObjective(FinetuneObjective):
             else:
                 pu = cfg.p_uncond if cfg.p_uncond_forget is None else cfg.p_uncond_forget
                 if labels is not None and pu > 0: labels = drop_labels(labels, null_label(model), pu, generator)
-            x_r = self._retarget_batch(len(x), generator).to(x) if retarget else None
+            x_r = (self._retarget_target(q_sample(x, t, noise, self.schedule), t, labels, null_label(model), generator)
+                   if retarget else None)
             draws = (noise, t, labels, pseudo, x_r)
         x, noise, t, labels, pseudo, x_r = local_rows(x, *draws)   # this process's rows (all of them on one process)
         x_t = q_sample(x, t, noise, self.schedule)
@@ -372,14 +394,23 @@ class ForgetObjective(FinetuneObjective):
 
     retarget_images = None   # the remaining images 'retarget' pulls towards: an ImageSet or images (N,C,H,W)
 
-    def _retarget_batch(self, n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-        "n random images (n,C,H,W) of `retarget_images` (the remaining set of the run, set at its first step)."
+    def _retarget_target(self, x_t: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor], null: Optional[int],
+                         generator: Optional[torch.Generator]) -> torch.Tensor:
+        """The 'retarget' targets (B,C,H,W): `posterior_mean` over `retarget_images` (all of them, or `retarget_pool`
+        drawn at random); a row with a class label (B,) that the pool holds only over that class's images."""
         src = self.retarget_images
         if src is None:
             raise ValueError("forget_loss='retarget' needs remaining images to pull towards: set the objective's "
                              "retarget_images (the loop does so from its batches at the first step)")
-        idx = torch.randint(len(src), (n,), generator=generator)
-        return src.batch(idx)[0] if isinstance(src, ImageSet) else src[idx]
+        n = self.config.retarget_pool
+        idx = torch.randperm(len(src), generator=generator)[:n] if len(src) > n else torch.arange(len(src))
+        pool, pool_y = src.batch(idx) if isinstance(src, ImageSet) else (src[idx], None)
+        allowed = None
+        if labels is not None and pool_y is not None:
+            same = labels.cpu()[:, None] == pool_y[None, :]                         # (B,M)
+            keep = same.any(1) & (labels.cpu() != null)          # a dropped label or a class the pool lacks: all images
+            allowed = torch.where(keep[:, None], same, torch.ones_like(same))
+        return posterior_mean(x_t, t, pool.to(x_t), self.schedule, allowed)
 
     def on_step_start(self, model: nn.Module, step: int, batches, generator: torch.Generator) -> None:
         if self.forget_classes is None:
@@ -527,8 +558,8 @@ DEFAULT_CONFIGS: dict[str, EraseDiffConfig] = {
 LOSS_DEFAULTS: dict[str, dict[str, dict]] = {
     "digits": {**{loss: dict(lr=1.5e-3, forget_batch_size=64, lam=1.0) for loss in ("uniform", "gaussian")},
                # on the shipped unconditional model (nbs/08_beyond.ipynb): 180 outer steps of lr 5e-4, lambda 0.1 (share of
-               # class 2 in 1,000 samples 9.4 % -> 0.0 %, remain loss 0.0216 -> 0.0224; 60 steps of lr 1.5e-3: 0.0 %, 0.0268);
-               # but class 8 rose 9.3 % -> 18.5 %: the average of random targets reads as an 8
+               # class 8 in 1,000 samples 9.3 % -> 0.8 %, class 2 9.4 % -> 0.2 %, class 5 13.0 % -> 0.4 %; the first
+               # version, random remaining images as targets, sent class 8 up to 18.5 %: their average reads as an 8)
                "retarget": dict(lr=5e-4, forget_batch_size=64, lam=0.1, epochs=9)},
 }
 
@@ -662,12 +693,13 @@ def _is_conditional(preset: Preset, checkpoint) -> Optional[bool]:
     return cfg.get("num_class_embeds") is not None
 
 
-def _resolve_config(preset: Preset, method: str, config, conditional: Optional[bool] = True) -> UnlearnConfig:
+def _resolve_config(preset: Preset, method: str, config, conditional: Optional[bool] = True,
+                    sample_level: bool = False) -> UnlearnConfig:
     """The method's config: the preset default, a dict of overrides of it, or a config object of the right class.
-    An unconditional model has no labels to deviate to: unless the user names `forget_loss` (a config object always
-    does; 'deviate' is then refused by `check_model` before any work), its default is the first version's uniform-noise
-    loss (the paper's for unconditional models; 'retarget' is the experimental alternative, see nbs/08_beyond), with that
-    loss's calibrated settings."""
+    Unless the user names `forget_loss` (a config object always does; 'deviate' on an unconditional model is then
+    refused by `check_model` before any work), the forget loss is 'retarget', with its calibrated settings, where the
+    released 'deviate' cannot serve: an unconditional model has no labels to deviate to, and forgetting single images
+    (`sample_level`) must not send their whole class elsewhere (nbs/08_beyond measures both, and the paper's 'uniform')."""
     m = get_method(method)
     loss = None
     if conditional is False and isinstance(config, dict) and "pseudo_label" in config:
@@ -675,7 +707,7 @@ def _resolve_config(preset: Preset, method: str, config, conditional: Optional[b
                          "(no class embedding); drop the option (CLI: --pseudo-label)")
     if issubclass(m.config_cls, ForgetLossConfig):
         loss = config.get("forget_loss") if isinstance(config, dict) else None
-        if loss is None and conditional is False: loss = "uniform"
+        if loss is None and (conditional is False or sample_level): loss = "retarget"
     base = default_config(preset, method, loss)
     if config is None: return base
     if isinstance(config, dict):
@@ -834,8 +866,9 @@ def _where_to(m: dict) -> str:
         return ("The forget loss sends the forgotten conditions onto the denoising trajectories of remaining classes "
                 "(pseudo labels), so their samples look like other classes: see the confusion rows above.")
     if loss == "retarget":
-        return ("The forget loss makes the model denoise noised forgotten images towards remaining images, so the "
-                "trajectories that led to them now lead elsewhere.")
+        return ("The forget loss makes the model denoise noised forgotten images as a model trained on the remaining "
+                "images alone would (towards the remaining images most likely to have made them; of the same class "
+                "when that class remains), so the trajectories that led to them now lead elsewhere.")
     if loss in ("uniform", "gaussian"):
         return "The forget loss pushes the forgotten conditions towards off-manifold images rather than towards other classes."
     return ""
@@ -873,7 +906,8 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     preset = get_preset(preset) if isinstance(preset, str) else preset
     get_method(method)
     conditional = _is_conditional(preset, checkpoint)         # None: a hub name, known once loaded
-    given, config = config, _resolve_config(preset, method, config, conditional)
+    spec = _forget_spec(forget)
+    given, config = config, _resolve_config(preset, method, config, conditional, bool(spec.ids))
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -882,12 +916,11 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     n_eval = preset.eval_per_class if eval_per_class is None else eval_per_class
     if n_eval < 0: raise ValueError(f"eval_per_class must be >= 0, got {n_eval}")
     sampler = sampler or preset.sampler
-    spec = _forget_spec(forget)
     train, test = preset.load_data()
     splits = make_splits(train, test, spec)                    # empty / unknown / all classes -> ValueError
     dev = device or (preset.device if preset.device != "cuda" or torch.cuda.is_available() else "cpu")
     model, source = _load_checkpoint(preset, checkpoint, dev)
-    if conditional is None: config = _resolve_config(preset, method, given, num_classes(model) is not None)
+    if conditional is None: config = _resolve_config(preset, method, given, num_classes(model) is not None, bool(spec.ids))
     _check_model_fits(model, train, spec)
     select_params(model, config.params)                        # patterns that match nothing -> ValueError
     schedule = NoiseSchedule(preset.schedule)

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from erasediff.core import NoiseSchedule, SamplerConfig, UNetConfig, check_schedule, make_unet, num_classes, save_unet
+from erasediff.core import (NoiseSchedule, SamplerConfig, UNetConfig, check_schedule, make_unet, num_classes, q_sample,
+                            save_unet)
 from erasediff.data import ForgetSpec, ImageSet, load_digits_set, make_splits
 from erasediff.train import load_reference, read_manifest, reference_path
 from erasediff.unlearn import unlearn
@@ -44,7 +45,7 @@ def test_digits_even_attribute_splits_by_parity():
 def test_pipeline_folder_unlearns_unconditionally(tmp_path):
     pipe = _pipeline(tmp_path / "pipe")
     r = unlearn("digits", (3,), tmp_path / "out", checkpoint=pipe, config=SMALL, eval_per_class=0, progress=False)
-    assert r["config"]["forget_loss"] == "uniform"                # no labels to deviate to: the paper's v1 loss
+    assert r["config"]["forget_loss"] == "retarget"               # no labels to deviate to
     assert r["n_forget"] == int((load_digits_set("train").labels == 3).sum())
     assert (tmp_path / "out" / "unet" / "config.json").exists()
 
@@ -132,7 +133,7 @@ def test_attribute_forgetting_both_model_kinds(tmp_path, which):
                 sampler=FAST, progress=False)
     assert r["forget"]["kind"] == "attribute" and r["forget"]["classes"] == [0, 2, 4, 6, 8]
     if which == "unconditional":
-        assert r["config"]["forget_loss"] == "uniform" and 0 <= r["after"]["forget_share"] <= 1
+        assert r["config"]["forget_loss"] == "retarget" and 0 <= r["after"]["forget_share"] <= 1
         assert abs(sum(r["after"]["class_shares"].values()) - 1) < 1e-6
     else:
         assert {int(c) for c in r["after"]["by_w"]["0"]["confusion"]} == {0, 2, 4, 6, 8}
@@ -156,23 +157,56 @@ def test_sample_level_report(tmp_path, which):
     json.loads((tmp_path / "out" / "metrics.json").read_text())
 
 
-def test_unconditional_models_default_to_uniform_and_retarget_has_its_own_calibration():
-    "No labels to deviate to: the default is the paper's uniform loss; 'retarget' (asked for) brings its calibration."
+def test_retarget_is_the_default_where_deviate_cannot_serve():
+    "Unconditional models and sample-level forgetting default to 'retarget' with its calibration; classes keep 'deviate'."
     from erasediff.train import get_preset
     from erasediff.unlearn import LOSS_DEFAULTS, _resolve_config, default_config
     p = get_preset("digits")
     unc = _resolve_config(p, "erasediff", None, conditional=False)
-    assert unc == default_config(p, forget_loss="uniform") and unc.forget_loss == "uniform"
+    assert unc == default_config(p, forget_loss="retarget") and unc.forget_loss == "retarget"
+    assert (unc.lam, unc.lr, unc.epochs) == tuple(LOSS_DEFAULTS["digits"]["retarget"][k] for k in ("lam", "lr", "epochs"))
+    assert unc.steps == 3 * default_config(p).steps                             # its own calibrated budget
     assert _resolve_config(p, "erasediff", None, conditional=True) == default_config(p)
-    rt = _resolve_config(p, "erasediff", {"forget_loss": "retarget"}, conditional=False)
-    assert (rt.lam, rt.lr, rt.epochs) == tuple(LOSS_DEFAULTS["digits"]["retarget"][k] for k in ("lam", "lr", "epochs"))
-    assert rt.steps == 3 * default_config(p).steps                              # its own calibrated budget
+    assert _resolve_config(p, "erasediff", None, conditional=True, sample_level=True).forget_loss == "retarget"
+    assert _resolve_config(p, "erasediff", {"forget_loss": "uniform"}, conditional=False).forget_loss == "uniform"
+    with pytest.raises(ValueError, match="retarget_pool"):
+        default_config(p, forget_loss="retarget").__class__(retarget_pool=0)
 
 
-def test_retarget_loss_is_the_x0_estimate_against_a_remaining_image():
-    "L_f = || (x_t - sqrt(1 - ab) eps_theta) / sqrt(ab) - x_r ||^2 with x_r drawn from the remaining images."
-    from erasediff.unlearn import EraseDiffObjective, default_config
-    from erasediff.core import q_sample
+def _bayes_posterior_mean(x_t, ab, pool):
+    "E[x_0 | x_t] by Bayes' rule with Gaussian log-likelihoods, one row at a time (float64): the reference."
+    out = []
+    for i in range(len(x_t)):
+        a = float(ab[i])
+        ll = torch.stack([torch.distributions.Normal(a ** 0.5 * p.double(), (1 - a) ** 0.5).log_prob(x_t[i].double()).sum()
+                          for p in pool])
+        out.append((torch.softmax(ll, 0)[:, None] * pool.flatten(1).double()).sum(0).view_as(x_t[i]))
+    return torch.stack(out).float()
+
+
+def test_posterior_mean_is_the_optimal_denoiser_of_the_pool():
+    "Bayes' rule over the pool: its mean at the last timestep, the image itself at t=0, masked rows stay in their subset."
+    from erasediff.unlearn import posterior_mean
+    sched = NoiseSchedule()
+    g = torch.Generator().manual_seed(0)
+    pool = torch.rand(12, 1, 6, 6, generator=g) * 2 - 1
+    x0 = pool[[3, 7, 7, 0]]
+    t = torch.tensor([0, 300, 600, sched.T - 1])
+    x_t = q_sample(x0, t, torch.randn(x0.shape, generator=g), sched)
+    got = posterior_mean(x_t, t, pool, sched)
+    assert torch.allclose(got, _bayes_posterior_mean(x_t, sched.alpha_bar(t).flatten(), pool), atol=1e-4)
+    assert torch.allclose(got[0], pool[3], atol=1e-4)                       # t=0: the image the noised one came from
+    assert (got[3] - pool.mean(0)).abs().max() < 0.05                       # t=T-1: nearly the pool's mean
+    allowed = torch.zeros(4, 12, dtype=torch.bool); allowed[:, :4] = True  # only pool[0..3]
+    masked = posterior_mean(x_t, t, pool, sched, allowed)
+    assert torch.allclose(masked, _bayes_posterior_mean(x_t, sched.alpha_bar(t).flatten(), pool[:4]), atol=1e-4)
+    with pytest.raises(ValueError, match="allowed"):
+        posterior_mean(x_t, t, pool, sched, torch.zeros(4, 12, dtype=torch.bool))
+
+
+def test_retarget_loss_pulls_the_x0_estimate_to_the_remaining_images_posterior_mean():
+    "L_f = || (x_t - sqrt(1 - ab) eps_theta) / sqrt(ab) - E_remaining[x_0 | x_t] ||^2; a conditional row: over its class."
+    from erasediff.unlearn import EraseDiffObjective, default_config, posterior_mean
     sched = NoiseSchedule()
     torch.manual_seed(0); m = make_unet(TINY).eval()
     obj = EraseDiffObjective(sched, replace(default_config("digits"), forget_loss="retarget"))
@@ -184,8 +218,20 @@ def test_retarget_loss_is_the_x0_estimate_against_a_remaining_image():
         loss, (noise, t, labels, pseudo, x_r) = obj.forget_loss(m, (x, torch.zeros(4, dtype=torch.long)),
                                                                 torch.Generator().manual_seed(0))
         assert labels is None and pseudo is None
-        assert any(torch.equal(r, c) for r in x_r for c in obj.retarget_images)      # targets are remaining images
         x_t = q_sample(x, t, noise, sched)
+        assert torch.allclose(x_r, posterior_mean(x_t, t, obj.retarget_images, sched), atol=1e-6)
         ab = sched.alpha_bar(t)
         x0 = (x_t - (1 - ab).sqrt() * m(x_t, t).sample) / ab.sqrt()
         assert torch.allclose(loss, (x0 - x_r).pow(2).mean(), rtol=1e-5)
+    # a class-conditional model: a row whose class remains is pulled to that class's images only
+    torch.manual_seed(0); mc = make_unet(replace(TINY, num_classes=3)).eval()
+    imgs, labs = torch.rand(9, 1, 16, 16) * 2 - 1, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    obj = EraseDiffObjective(sched, replace(default_config("digits"), forget_loss="retarget", p_uncond=0.0, p_uncond_forget=0.0))
+    obj.retarget_images = ImageSet(imgs, labs, ["a", "b", "c"])
+    y = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        _, (noise, t, labels, _, x_r) = obj.forget_loss(mc, (x, y), torch.Generator().manual_seed(1))
+    x_t = q_sample(x, t, noise, sched)
+    for i in range(4):
+        ref = posterior_mean(x_t[i:i + 1], t[i:i + 1], imgs[labs == y[i]], sched)
+        assert torch.allclose(x_r[i:i + 1], ref, atol=1e-5)

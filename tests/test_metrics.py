@@ -682,7 +682,7 @@ def test_method_gradient_conflict_names_its_loss():
     r = M.method_gradient_conflict(make_tiny(), sched, (x[~f], y[~f]), (x[f], y[f]), (2, 8), forget_loss="gaussian", **kw)
     assert r["forget_loss"] == "gaussian"
     r = M.method_gradient_conflict(make_tiny(num_classes=None), sched, (x[~f], None), (x[f], None), (2, 8), **kw)
-    assert r["forget_loss"] == "uniform" and "unconditional" in r["forget_loss_note"]
+    assert r["forget_loss"] == "retarget" and "unconditional" in r["forget_loss_note"]
 
 
 def test_summarize_seeds():

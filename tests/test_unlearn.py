@@ -480,14 +480,15 @@ def test_unlearn_spec_must_match_model(tmp_path, ckpt, monkeypatch):
 
 def test_unlearn_unconditional_and_ids(tmp_path):
     """Unconditional checkpoints (labels None) and forgetting sample ids both run end to end. Unconditional models get
-    the uniform-noise loss by default; asking for the pseudo-label loss is an error before any work."""
+    the retarget loss by default; asking for the pseudo-label loss is an error before any work."""
     unc = tmp_path / "unc"; save_unet(make_unet(replace(TINY, num_classes=None)), unc)
     r = unlearn("digits", (3,), tmp_path / "a", checkpoint=unc, config=SMALL, eval_per_class=0, progress=False)
-    assert math.isfinite(r["after"]["loss_forget"]) and r["config"]["forget_loss"] == "uniform"
-    assert r["config"]["lr"] == default_config("digits", forget_loss="uniform").lr != default_config("digits").lr
-    r = unlearn("digits", (3,), tmp_path / "d", checkpoint=unc, config={**SMALL, "p_uncond_forget": 0.2}, eval_per_class=0,
-                progress=False)                             # a v1 option is fine: the loss is uniform for this model
+    assert math.isfinite(r["after"]["loss_forget"]) and r["config"]["forget_loss"] == "retarget"
+    assert r["config"]["lam"] == default_config("digits", forget_loss="retarget").lam != default_config("digits").lam
+    r = unlearn("digits", (3,), tmp_path / "d", checkpoint=unc, config={**SMALL, "forget_loss": "uniform",
+                "p_uncond_forget": 0.2}, eval_per_class=0, progress=False)   # a v1 option is fine on this model
     assert r["config"]["forget_loss"] == "uniform" and r["config"]["p_uncond_forget"] == 0.2
+    assert r["config"]["lr"] == default_config("digits", forget_loss="uniform").lr
     for cfg in ({**SMALL, "forget_loss": "deviate"}, replace(default_config("digits"), forget_loss="deviate")):
         with pytest.raises(ValueError, match="class-conditional"):
             unlearn("digits", (3,), tmp_path / "c", checkpoint=unc, config=cfg, eval_per_class=0, progress=False)
@@ -495,7 +496,7 @@ def test_unlearn_unconditional_and_ids(tmp_path):
     cond = tmp_path / "cond"; save_unet(tiny_model(), cond)
     r = unlearn("digits", ForgetSpec(ids=tuple(range(40))), tmp_path / "b", checkpoint=cond, config=SMALL,
                 eval_per_class=0, progress=False)
-    assert r["n_forget"] == 40 and r["forget"]["kind"] == "ids"
+    assert r["n_forget"] == 40 and r["forget"]["kind"] == "ids" and r["config"]["forget_loss"] == "retarget"
 
 
 # ---------------------------------------------------------------- end to end (slow)

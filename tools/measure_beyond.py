@@ -1,5 +1,6 @@
 """Issue 13's measurements on the digits preset: unconditional class forgetting (several classes, several seeds),
-attribute forgetting ("even") with both model kinds, and sample-level forgetting (20 training images of class 3).
+attribute forgetting ("even") with both model kinds, and sample-level forgetting (20 training images of class 3, and of
+class 7), each with the default forget loss of its kind and with the alternatives it replaced.
 Each run is `erasediff.unlearn.unlearn` into RUNS/<name> (kept and reused when its metrics.json exists); the figures
 go to OUT/summary.{json,md} and OUT/figures/.
 
@@ -19,20 +20,22 @@ from erasediff.data import ForgetSpec, load_digits_set
 from erasediff.train import reference_path
 from erasediff.unlearn import unlearn
 
-CLASS_3 = tuple(torch.nonzero(load_digits_set("train").labels == 3).flatten()[:20].tolist())
-RT, UNI = {"forget_loss": "retarget"}, {"forget_loss": "uniform"}
-JOBS = {  # name: (model, forget, seed, eval_per_class, config overrides)
+_labels = load_digits_set("train").labels
+CLASS_3, CLASS_7 = (tuple(torch.nonzero(_labels == c).flatten()[:20].tolist()) for c in (3, 7))
+DEV, UNI = {"forget_loss": "deviate"}, {"forget_loss": "uniform"}
+JOBS = {  # name: (model, forget, seed, eval_per_class, config overrides; None: the default, 'retarget' here but cond-even)
     # 1000 samples per unconditional evaluation: a share's sampling error is then 1 point, not 1.7 (320 samples)
-    **{f"uncond-class2-seed{s}": ("unconditional", (2,), s, 100, RT) for s in range(3)},
-    "uncond-class8-seed0": ("unconditional", (8,), 0, 100, RT),
-    "uncond-class5-seed0": ("unconditional", (5,), 0, 100, RT),
-    "uncond-even-seed0": ("unconditional", ForgetSpec(attribute="even"), 0, 100, RT),
+    **{f"uncond-class{c}-seed{s}": ("unconditional", (c,), s, 100, None) for c in (2, 8) for s in range(3)},
+    "uncond-class5-seed0": ("unconditional", (5,), 0, 100, None),
+    "uncond-even-seed0": ("unconditional", ForgetSpec(attribute="even"), 0, 100, None),
     "cond-even-seed0": ("unscrubbed", ForgetSpec(attribute="even"), 0, 16, None),
     "cond-ids-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_3), 0, 32, None),
-    "uncond-ids-seed0": ("unconditional", ForgetSpec(ids=CLASS_3), 0, 32, RT),
-    # the default loss of unconditional models (the paper's first version)
+    "cond-ids7-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_7), 0, 32, None),
+    "uncond-ids-seed0": ("unconditional", ForgetSpec(ids=CLASS_3), 0, 32, None),
+    # what the defaults replaced: the paper's uniform loss for unconditional models, the released deviate for images
     "uncond-uniform-class2-seed0": ("unconditional", (2,), 0, 100, UNI),
     "uncond-uniform-class8-seed0": ("unconditional", (8,), 0, 100, UNI),
+    "cond-ids-deviate-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_3), 0, 32, DEV),
 }
 
 
@@ -65,9 +68,9 @@ def summary_row(name: str, m: dict) -> dict:
 def markdown(rows: list[dict]) -> str:
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
     out = ["# Beyond one class (issue 13): digits", "",
-           "Every run: `erasediff.unlearn.unlearn` with the preset's EraseDiff settings for its forget loss (class-"
-           "conditional: the released `deviate`; unconditional: `retarget` or the default `uniform`, as the loss column "
-           "says), made by `python tools/measure_beyond.py`.", "",
+           "Every run: `erasediff.unlearn.unlearn` with the preset's EraseDiff settings for its forget loss (the default: "
+           "`retarget` for unconditional models and single images, the released `deviate` for a conditional model's "
+           "attribute; `uniform` and `deviate` where the loss column names them), made by `python tools/measure_beyond.py`.", "",
            "## Unconditional model: share of samples classified as the forgotten class(es)", "",
            "| run | forget | loss | before | after | n | max change of another class (raw / renormalised) |", "|---|---|---|---|---|---|---|"]
     out += [f"| {r['run']} | {r['forget']} | {r['forget_loss']} | {pct(r['forget_share_before'])} | **{pct(r['forget_share_after'])}** | {r['n']} | "
@@ -78,11 +81,11 @@ def markdown(rows: list[dict]) -> str:
     out += [f"| {r['run']} | {r['forget']} | {pct(r['acc_forget_before'])} | **{pct(r['acc_forget_after'])}** ({r['worst_w_forget']}) | "
             f"{pct(r['acc_remain_before'])} | {pct(r['acc_remain_after'])} ({r['worst_w_remain']}) |"
             for r in rows if "acc_forget_after" in r]
-    out += ["", "## Sample level: 20 training images of class 3", "",
-            "| run | mean nearest-generated distance, forgotten / held-out, before | after | ratio before → after | "
-            "reproduced before → after | MIA accuracy before → after | samples of class 3 before → after |",
-            "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['run']} | {r['forgotten_dist_before']:.3f} / {r['heldout_dist_before']:.3f} | "
+    out += ["", "## Sample level: 20 training images of one class", "",
+            "| run | forget | loss | mean nearest-generated distance, forgotten / held-out, before | after | ratio before → after | "
+            "reproduced before → after | MIA accuracy before → after | samples of their class before → after |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['run']} | {r['forget']} | {r['forget_loss']} | {r['forgotten_dist_before']:.3f} / {r['heldout_dist_before']:.3f} | "
             f"{r['forgotten_dist_after']:.3f} / {r['heldout_dist_after']:.3f} | {r['ratio_before']:.3f} → **{r['ratio_after']:.3f}** | "
             f"{pct(r['reproduced_before'])} → {pct(r['reproduced_after'])} | {pct(r['mia_acc_before'])} → {pct(r['mia_acc_after'])} | "
             f"{pct(r['class_share_before'])} → {pct(r['class_share_after'])} |" for r in rows if "ratio_after" in r]
