@@ -164,8 +164,9 @@ def test_retarget_is_the_default_where_deviate_cannot_serve():
     p = get_preset("digits")
     unc = _resolve_config(p, "erasediff", None, conditional=False)
     assert unc == default_config(p, forget_loss="retarget") and unc.forget_loss == "retarget"
-    assert (unc.lam, unc.lr, unc.epochs) == tuple(LOSS_DEFAULTS["digits"]["retarget"][k] for k in ("lam", "lr", "epochs"))
-    assert unc.steps == 3 * default_config(p).steps                             # its own calibrated budget
+    cal = LOSS_DEFAULTS["digits"]["retarget"]
+    assert (unc.lam, unc.lr, unc.forget_batch_size) == (cal["lam"], cal["lr"], cal["forget_batch_size"])
+    assert (unc.lam, unc.lr) != (default_config(p).lam, default_config(p).lr)   # its own calibration, not deviate's
     assert _resolve_config(p, "erasediff", None, conditional=True) == default_config(p)
     assert _resolve_config(p, "erasediff", None, conditional=True, sample_level=True).forget_loss == "retarget"
     assert _resolve_config(p, "erasediff", {"forget_loss": "uniform"}, conditional=False).forget_loss == "uniform"
@@ -205,7 +206,7 @@ def test_posterior_mean_is_the_optimal_denoiser_of_the_pool():
 
 
 def test_retarget_loss_pulls_the_x0_estimate_to_the_remaining_images_posterior_mean():
-    "L_f = || (x_t - sqrt(1 - ab) eps_theta) / sqrt(ab) - E_remaining[x_0 | x_t] ||^2; a conditional row: over its class."
+    "L_f = ab || (x_t - sqrt(1 - ab) eps_theta) / sqrt(ab) - E_remaining[x_0 | x_t] ||^2; a conditional row: its class."
     from erasediff.unlearn import EraseDiffObjective, default_config, posterior_mean
     sched = NoiseSchedule()
     torch.manual_seed(0); m = make_unet(TINY).eval()
@@ -222,7 +223,7 @@ def test_retarget_loss_pulls_the_x0_estimate_to_the_remaining_images_posterior_m
         assert torch.allclose(x_r, posterior_mean(x_t, t, obj.retarget_images, sched), atol=1e-6)
         ab = sched.alpha_bar(t)
         x0 = (x_t - (1 - ab).sqrt() * m(x_t, t).sample) / ab.sqrt()
-        assert torch.allclose(loss, (x0 - x_r).pow(2).mean(), rtol=1e-5)
+        assert torch.allclose(loss, (ab * (x0 - x_r).pow(2)).mean(), rtol=1e-4)
     # a class-conditional model: a row whose class remains is pulled to that class's images only
     torch.manual_seed(0); mc = make_unet(replace(TINY, num_classes=3)).eval()
     imgs, labs = torch.rand(9, 1, 16, 16) * 2 - 1, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
