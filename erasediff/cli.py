@@ -82,7 +82,7 @@ def _value(text: str):
 
 def _overrides(args) -> dict:
     over = {k: getattr(args, k) for k in ("lam", "K", "epochs", "rounds", "lr", "rem_num", "batch_size", "forget_loss",
-                                          "pseudo_label") if getattr(args, k, None) is not None}
+                                          "pseudo_label", "retarget_pool") if getattr(args, k, None) is not None}
     if "lam" in over and over["lam"] not in ("auto", "auto_cos"):
         try: lam = float(over["lam"])
         except ValueError: lam = float("nan")
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "models for classes and attributes); uniform / gaussian: regress to U(0,1) / N(0.5,I) noise (v1); "
                         "retarget: denoise noised forgotten images as a model of the remaining images would (the default "
                         "of unconditional models and of --forget-ids)")
+    u.add_argument("--retarget-pool", dest="retarget_pool", type=int, default=None,
+                   help="retarget: remaining images loaded once to pull towards (default 2048; lower it for large images)")
     u.add_argument("--pseudo-label", dest="pseudo_label", default=None, choices=("per_class", "per_sample", "per_batch"),
                    help="how the deviate loss draws its pseudo labels from the remaining classes")
     u.add_argument("--K", type=int, default=None, help="inner gradient steps on the forget loss")

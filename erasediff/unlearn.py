@@ -377,7 +377,7 @@ class ForgetObjective(FinetuneObjective):
             else:
                 pu = cfg.p_uncond if cfg.p_uncond_forget is None else cfg.p_uncond_forget
                 if labels is not None and pu > 0: labels = drop_labels(labels, null_label(model), pu, generator)
-            x_r = (self._retarget_target(q_sample(x, t, noise, self.schedule), t, labels, null_label(model), generator)
+            x_r = (self._retarget_target(q_sample(x, t, noise, self.schedule), t, labels, null_label(model))
                    if retarget else None)
             draws = (noise, t, labels, pseudo, x_r)
         x, noise, t, labels, pseudo, x_r = local_rows(x, *draws)   # this process's rows (all of them on one process)
@@ -396,23 +396,35 @@ class ForgetObjective(FinetuneObjective):
 
     retarget_images = None   # the remaining images 'retarget' pulls towards: an ImageSet or images (N,C,H,W)
 
-    def _retarget_target(self, x_t: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor], null: Optional[int],
-                         generator: Optional[torch.Generator]) -> torch.Tensor:
-        """The 'retarget' targets (B,C,H,W): `posterior_mean` over `retarget_images` (all of them, or `retarget_pool`
-        drawn at random); a row with a class label (B,) that the pool holds only over that class's images."""
-        src = self.retarget_images
-        if src is None:
-            raise ValueError("forget_loss='retarget' needs remaining images to pull towards: set the objective's "
-                             "retarget_images (the loop does so from its batches at the first step)")
-        n = self.config.retarget_pool
-        idx = torch.randperm(len(src), generator=generator)[:n] if len(src) > n else torch.arange(len(src))
-        pool, pool_y = src.batch(idx) if isinstance(src, ImageSet) else (src[idx], None)
+    def _retarget_target(self, x_t: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor],
+                         null: Optional[int]) -> torch.Tensor:
+        """The 'retarget' targets (B,C,H,W): `posterior_mean` over `retarget_pool`; a row with a class label (B,) that
+        the pool holds only over that class's images."""
+        pool, pool_y = self.retarget_pool(x_t.device)
         allowed = None
         if labels is not None and pool_y is not None:
             same = labels.cpu()[:, None] == pool_y[None, :]                         # (B,M)
             keep = same.any(1) & (labels.cpu() != null)          # a dropped label or a class the pool lacks: all images
             allowed = torch.where(keep[:, None], same, torch.ones_like(same))
-        return posterior_mean(x_t, t, pool.to(x_t), self.schedule, allowed)
+        return posterior_mean(x_t, t, pool, self.schedule, allowed)
+
+    def retarget_pool(self, device=None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The images (M,C,H,W) on `device` and labels (M,) (None for bare images) that 'retarget' pulls towards: all of
+        `retarget_images`, or `config.retarget_pool` of them drawn once with the objective's seed. Loaded once and kept
+        (a decoded dataset such as CIFAR-10 is not read again at every step); the same on every process and resume."""
+        src = self.retarget_images
+        if src is None:
+            raise ValueError("forget_loss='retarget' needs remaining images to pull towards: set the objective's "
+                             "retarget_images (the loop does so from its batches at the first step)")
+        device = torch.device(device if device is not None else "cpu")
+        cached = getattr(self, "_pool", None)
+        if cached is None or cached[0] is not src or cached[1] != device:
+            n = self.config.retarget_pool
+            idx = (torch.randperm(len(src), generator=torch.Generator().manual_seed(self.seed))[:n] if len(src) > n
+                   else torch.arange(len(src)))
+            images, labels = src.batch(idx) if isinstance(src, ImageSet) else (src[idx], None)
+            self._pool = (src, device, (images.to(device), labels))
+        return self._pool[2]
 
     def on_step_start(self, model: nn.Module, step: int, batches, generator: torch.Generator) -> None:
         if self.forget_classes is None:

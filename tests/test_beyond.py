@@ -106,6 +106,9 @@ def test_cli_aliases_and_errors(tmp_path):
     from erasediff.cli import build_parser
     a = build_parser().parse_args(["unlearn", "--dataset", "cifar10", "--forget-class", "airplane", "--out", "x"])
     assert (a.preset, a.forget) == ("cifar10", ["airplane"])
+    from erasediff.cli import _overrides
+    a = build_parser().parse_args(["unlearn", "--forget-loss", "retarget", "--retarget-pool", "512", "--out", "x"])
+    assert _overrides(a) == {"forget_loss": "retarget", "retarget_pool": 512}
     p = subprocess.run([sys.executable, "-m", "erasediff.cli", "unlearn", "--dataset", "digits", "--forget-class",
                         "airplane", "--checkpoint", str(_pipeline(tmp_path / "p")), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300)
@@ -236,3 +239,26 @@ def test_retarget_loss_pulls_the_x0_estimate_to_the_remaining_images_posterior_m
     for i in range(4):
         ref = posterior_mean(x_t[i:i + 1], t[i:i + 1], imgs[labs == y[i]], sched)
         assert torch.allclose(x_r[i:i + 1], ref, atol=1e-5)
+
+
+def test_retarget_pool_is_drawn_once_with_the_seed():
+    "A pool smaller than the remaining set: retarget_pool images drawn once (seeded), not re-read at every step."
+    from erasediff.unlearn import EraseDiffObjective, default_config
+    sched = NoiseSchedule()
+    torch.manual_seed(0); m = make_unet(TINY).eval()
+    imgs = ImageSet(torch.rand(30, 1, 16, 16) * 2 - 1, torch.arange(30) % 3, ["a", "b", "c"])
+    reads = []
+    real_batch = imgs.batch
+    imgs.batch = lambda idx: (reads.append(len(idx)), real_batch(idx))[1]
+    cfg = replace(default_config("digits"), forget_loss="retarget", retarget_pool=8)
+    pools = []
+    for seed in (0, 0, 1):
+        obj = EraseDiffObjective(sched, cfg, seed=seed)
+        obj.retarget_images = imgs
+        with torch.no_grad():
+            for s in range(3): obj.forget_loss(m, (torch.rand(2, 1, 16, 16), torch.zeros(2, dtype=torch.long)),
+                                               torch.Generator().manual_seed(s))
+        pools.append(obj.retarget_pool()[0])
+    assert reads == [8, 8, 8]                                     # once per objective, 8 images each
+    assert torch.equal(pools[0], pools[1]) and not torch.equal(pools[0], pools[2])   # the seed draws the pool
+    assert all(any(torch.equal(p, r) for r in imgs.base) for p in pools[2])         # remaining images, unchanged
