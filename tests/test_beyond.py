@@ -262,3 +262,12 @@ def test_retarget_pool_is_drawn_once_with_the_seed():
     assert reads == [8, 8, 8]                                     # once per objective, 8 images each
     assert torch.equal(pools[0], pools[1]) and not torch.equal(pools[0], pools[2])   # the seed draws the pool
     assert all(any(torch.equal(p, r) for r in imgs.base) for p in pools[2])         # remaining images, unchanged
+
+
+def test_retrain_reference_tool_refuses_a_bad_class_before_training(tmp_path):
+    "tools/retrain_reference.py (the Retrain figures of the README) checks its class before 10 minutes of training."
+    from pathlib import Path
+    tool = Path(__file__).resolve().parents[1] / "tools" / "retrain_reference.py"
+    p = subprocess.run([sys.executable, str(tool), "--forget-class", "12", "--run", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "out of range" in p.stderr and not (tmp_path / "r").exists()
