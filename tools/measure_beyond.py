@@ -26,11 +26,11 @@ DEV, UNI = {"forget_loss": "deviate"}, {"forget_loss": "uniform"}
 JOBS = {  # name: (model, forget, seed, eval_per_class, config overrides; None: the default, 'retarget' here but cond-even)
     # 1000 samples per unconditional evaluation: a share's sampling error is then 1 point, not 1.7 (320 samples)
     **{f"uncond-class{c}-seed{s}": ("unconditional", (c,), s, 100, None) for c in (2, 8) for s in range(3)},
-    "uncond-class5-seed0": ("unconditional", (5,), 0, 100, None),
+    **{f"uncond-class5-seed{s}": ("unconditional", (5,), s, 100, None) for s in range(3)},
     "uncond-even-seed0": ("unconditional", ForgetSpec(attribute="even"), 0, 100, None),
     "cond-even-seed0": ("unscrubbed", ForgetSpec(attribute="even"), 0, 16, None),
-    "cond-ids-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_3), 0, 32, None),
-    "cond-ids7-seed0": ("unscrubbed", ForgetSpec(ids=CLASS_7), 0, 32, None),
+    **{f"cond-ids-seed{s}": ("unscrubbed", ForgetSpec(ids=CLASS_3), s, 32, None) for s in range(2)},
+    **{f"cond-ids7-seed{s}": ("unscrubbed", ForgetSpec(ids=CLASS_7), s, 32, None) for s in range(2)},
     "uncond-ids-seed0": ("unconditional", ForgetSpec(ids=CLASS_3), 0, 32, None),
     # what the defaults replaced: the paper's uniform loss for unconditional models, the released deviate for images
     "uncond-uniform-class2-seed0": ("unconditional", (2,), 0, 100, UNI),
