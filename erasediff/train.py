@@ -38,8 +38,8 @@ from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_spli
 __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
            'NonFiniteLossError', 'FitResult', 'check_data_parallel', 'fit', 'DigitsClassifier', 'ResNetClassifier',
            'predict', 'accuracy', 'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset',
-           'sample_grid', 'show_grid', 'save_grid', 'train_reference', 'data_dir', 'read_manifest', 'reference_path',
-           'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
+           'sample_grid', 'show_grid', 'save_grid', 'save_png', 'train_reference', 'data_dir', 'read_manifest',
+           'reference_path', 'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -424,7 +424,12 @@ def save_grid(images: torch.Tensor, nrow: int, path: Path | str, title: str = ""
     rows = math.ceil(len(images) / nrow)
     fig = Figure(figsize=(max(2, nrow * 0.45), max(1.5, rows * 0.45 + 0.3)))
     show_grid(images, nrow, fig.add_subplot(), title)
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return save_png(fig, path)
+
+
+def save_png(fig, path: Path | str, dpi: int = 100) -> Path:
+    "Write a matplotlib figure to `path` as a PNG (tight bounding box), atomically."
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
 
 

@@ -14,7 +14,6 @@ Docs: https://erasediff.github.io/erasediff/unlearn.html.md"""
 # %% ../nbs/03_unlearn.ipynb #5b00aaf5
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -29,12 +28,12 @@ import torch.nn as nn
 from diffusers import UNet2DModel
 from torch.func import functional_call
 
-from .core import (NoiseSchedule, SamplerConfig, all_mean, atomic_dir, atomic_write_bytes, atomic_write_json, check_device, check_schedule,
+from .core import (NoiseSchedule, SamplerConfig, all_mean, atomic_dir, atomic_write_json, check_device, check_schedule,
                    drop_labels, eps_loss, generate, is_main_process, load_unet, local_rows, mean_scalars,
                    num_classes, null_label, q_sample, sample_timesteps, sha256_path, unet_config_path)
 from .data import ForgetSpec, ImageSet, InfiniteBatches, Splits, make_splits
 from .train import (CLASSIFIERS, LoopConfig, Preset, check_data_parallel, confusion_rows, fit, get_preset,
-                    per_class_accuracy, predict, save_grid)
+                    per_class_accuracy, predict, save_grid, save_png)
 
 # %% auto #0
 __all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q_ESTIMATES', 'METHODS', 'DEFAULT_CONFIGS',
@@ -113,7 +112,7 @@ class ForgetLossConfig(UnlearnConfig):
                                              # 'retarget' (ours: denoise towards the remaining images, see posterior_mean)
     pseudo_label: str = "per_class"          # 'deviate' only: how c_p is drawn from the remaining classes (see pseudo_labels)
     p_uncond_forget: Optional[float] = None  # label dropout on D_f, not with 'deviate' (None: same as p_uncond)
-    retarget_pool: int = 2048                # 'retarget' only: remaining images drawn per step for its target (all when fewer)
+    retarget_pool: int = 2048                # 'retarget' only: remaining images it pulls towards, loaded once (all when fewer)
 
     def __post_init__(self):
         super().__post_init__()
@@ -127,7 +126,7 @@ class ForgetLossConfig(UnlearnConfig):
         if self.p_uncond_forget is not None and not 0 <= self.p_uncond_forget < 1:
             raise ValueError(f"p_uncond_forget must be in [0, 1) or None, got {self.p_uncond_forget}")
         if not isinstance(self.retarget_pool, int) or self.retarget_pool < 1:
-            raise ValueError(f"retarget_pool must be an int >= 1 (remaining images per step), got {self.retarget_pool!r}")
+            raise ValueError(f"retarget_pool must be an int >= 1 (remaining images to pull towards), got {self.retarget_pool!r}")
 
 
 @dataclass(frozen=True)
@@ -882,8 +881,9 @@ def _where_to(m: dict) -> str:
                 "(pseudo labels), so their samples look like other classes: see the confusion rows above.")
     if loss == "retarget":
         return ("The forget loss makes the model denoise noised forgotten images as a model trained on the remaining "
-                "images alone would (towards the remaining images most likely to have made them; of the same class "
-                "when that class remains), so the trajectories that led to them now lead elsewhere.")
+                "images alone would (towards the remaining images most likely to have made them; for a class-"
+                "conditional model, of the same class when that class remains), so the trajectories that led to them "
+                "now lead elsewhere.")
     if loss in ("uniform", "gaussian"):
         return "The forget loss pushes the forgotten conditions towards off-manifold images rather than towards other classes."
     return ""
@@ -983,9 +983,8 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
         (tmp / "README.md").write_text(model_card(metrics))
         if "reproduction" in after:
             from erasediff.metrics import plot_reproduction
-            fig = plot_reproduction(before["reproduction"], after["reproduction"], f"{method}: {spec.describe()}")
-            buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-            atomic_write_bytes(tmp / "reproduction.png", buf.getvalue())
+            save_png(plot_reproduction(before["reproduction"], after["reproduction"], f"{method}: {spec.describe()}"),
+                     tmp / "reproduction.png")
         if x_before is not None:
             k = len(train.classes); n = min(n_eval, 8)
             pick = torch.cat([torch.arange(c * n_eval, c * n_eval + n) for c in range(k)]) if num_classes(model) else torch.arange(min(len(x_before), 64))
