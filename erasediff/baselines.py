@@ -11,29 +11,33 @@ Docs: https://erasediff.github.io/erasediff/baselines.html.md"""
 # %% ../nbs/04_baselines.ipynb #5015cf66
 from __future__ import annotations
 
+import copy
 import hashlib
+import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
 from diffusers import UNet2DModel
+from tqdm.auto import tqdm
 
-from .core import NoiseSchedule, SamplerConfig, atomic_write_bytes, eps_loss, generate, num_classes
+from .core import eps_loss, generate, noise_and_timesteps, NoiseSchedule, num_classes, q_sample, SamplerConfig
 from .data import ImageSet, InfiniteBatches
-from .metrics import eval_mode
-from .train import DiffusionObjective, LoopConfig, fit
-from .unlearn import (METHODS, FinetuneObjective, ForgetLossConfig, ForgetObjective, Method, PairedBatches,
-                               UnlearnConfig, _grads, _labels, _trainable, _weights_sha256)
+from .objectives import (
+    _grads, _labels, _trainable, FinetuneObjective, ForgetLossConfig, ForgetObjective, forgotten_classes,
+    PairedBatches, UnlearnConfig)
+from .runtime import atomic_write_bytes, eval_mode, weights_sha256
+from .train import DiffusionObjective, fit, LoopConfig
 
 # %% auto #0
-__all__ = ['BASELINES', 'NegGradConfig', 'NegGradObjective', 'BlindSpotConfig', 'BlindSpotObjective', 'cache_dir',
-           'fisher_diagonal', 'cached_fisher', 'ewc_penalty', 'SAConfig', 'SAObjective', 'SalUnConfig', 'saliency_mask',
-           'SalUnObjective', 'SOConfig', 'SOObjective', 'TSConfig', 'StagedBatches', 'TSObjective']
+__all__ = ['NegGradConfig', 'NegGradObjective', 'BlindSpotConfig', 'BlindSpotObjective', 'cache_dir', 'fisher_diagonal',
+           'cached_fisher', 'ewc_penalty', 'SAConfig', 'SAObjective', 'SalUnConfig', 'saliency_mask', 'SalUnObjective',
+           'SOConfig', 'SOObjective', 'TSConfig', 'StagedBatches', 'TSObjective']
 
 # %% ../nbs/04_baselines.ipynb #e91d2df6
 def _ddpm_loss(objective, model: nn.Module, batch, generator: torch.Generator, p_uncond: float = 0.0,
@@ -46,10 +50,7 @@ def _ddpm_loss(objective, model: nn.Module, batch, generator: torch.Generator, p
     if target_model is None:
         return eps_loss(model, x, labels, objective.schedule, p_uncond=p_uncond, antithetic=objective.config.antithetic,
                         generator=generator)
-    from erasediff.core import q_sample, sample_timesteps
-    noise = torch.randn(x.shape, generator=generator).to(x)
-    t = sample_timesteps(len(x), objective.schedule.T, antithetic=objective.config.antithetic, generator=generator,
-                         device=x.device)
+    noise, t = noise_and_timesteps(x, objective.schedule, antithetic=objective.config.antithetic, generator=generator)
     x_t = q_sample(x, t, noise, objective.schedule)
     with torch.no_grad(): target = target_model(x_t, t, class_labels=labels).sample
     return (model(x_t, t, class_labels=labels).sample.float() - target.float()).pow(2).mean()
@@ -64,7 +65,6 @@ def _set_grads(model: nn.Module, loss: torch.Tensor) -> list[nn.Parameter]:
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
     "An eval-mode copy of `model` with no gradients (a teacher or a frozen original)."
-    import copy
     m = copy.deepcopy(model).eval()
     for p in m.parameters(): p.requires_grad_(False)
     return m
@@ -134,7 +134,6 @@ class BlindSpotObjective(FinetuneObjective):
         "Train the blind-spot teacher on `remain` (the same loop, no EMA, no checkpoints)."
         cfg = self.config
         if cfg.teacher_init == "original":
-            import copy
             teacher = copy.deepcopy(model)
         else:
             with torch.random.fork_rng():
@@ -175,7 +174,6 @@ def fisher_diagonal(model: nn.Module, images: torch.Tensor, labels: Optional[tor
     """Diagonal Fisher information {name: F (same shape as the parameter)} of `model` on images (N,C,H,W) with labels
     (N,): the mean over images of the squared gradient of the per-image DDPM loss (summed over pixels) summed over
     `timesteps` evenly spaced timesteps (one fixed noise draw per image and timestep, no label dropout, eval mode). Non-negative by construction."""
-    from tqdm.auto import tqdm
     if timesteps < 1 or len(images) < 1: raise ValueError(f"need timesteps >= 1 and >= 1 image, got {timesteps}, {len(images)}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     F = {n: torch.zeros_like(p) for n, p in named}
@@ -198,7 +196,7 @@ def cached_fisher(model: nn.Module, images: torch.Tensor, labels: Optional[torch
     the timesteps, the seed and the CPU thread count (a backward pass sums in another order with another count: the
     cache must not make a result depend on what ran before). Returns (F, info) with info = {"key",
     "weights_sha256", "cached": read from cache}."""
-    w = _weights_sha256(model)
+    w = weights_sha256(model)
     h = hashlib.sha256(w.encode())
     for part in (images.numpy().tobytes(), b"" if labels is None else labels.numpy().tobytes(),
                  f"{timesteps}|{seed}|{schedule.T}|threads={torch.get_num_threads()}".encode()):
@@ -214,7 +212,6 @@ def cached_fisher(model: nn.Module, images: torch.Tensor, labels: Optional[torch
             pass                                           # a corrupt cache entry: recompute and replace it
     F = fisher_diagonal(model, images, labels, schedule, timesteps, seed, progress)
     if cache:
-        import io
         buf = io.BytesIO(); torch.save({n: f.cpu() for n, f in F.items()}, buf)
         atomic_write_bytes(path, buf.getvalue())
         atomic_write_bytes(path.with_suffix(".json"), json.dumps({**info, "images": len(images)}).encode())
@@ -282,7 +279,6 @@ class SAObjective(FinetuneObjective):
         cfg = self.config
         remain, forget = batches.remain.ds, batches.forget.ds
         if self.forget_classes is None:
-            from erasediff.unlearn import forgotten_classes
             self.forget_classes = forgotten_classes(forget, remain)
         x, y = self._data_sample(remain, forget)
         self.fisher, self.fisher_info = cached_fisher(model, x, y, self.schedule, cfg.fisher_timesteps, self.seed, cfg.cache)
@@ -459,29 +455,3 @@ class TSObjective(ForgetObjective):
         L_r = self.remain_loss(model, remain, generator)
         _set_grads(model, L_r)
         return {"loss": L_r.item(), "L_r": L_r.item(), "stage": 2.0}
-
-# %% ../nbs/04_baselines.ipynb #cdf7b56e
-_RELEASED_SHORT = dict(epochs=1, rounds=1, rem_num=50 * 128, batch_size=128, lr=1e-4, ema_decay=0.9999, p_uncond=0.1)
-
-BASELINES: dict[str, Method] = {
-    "neggrad": Method("neggrad", NegGradConfig, NegGradObjective, "NegGrad: gradient ascent on the DDPM loss over D_f",
-                      {"cifar10": _RELEASED_SHORT, "digits": dict(lr=1e-5)}),
-    "blindspot": Method("blindspot", BlindSpotConfig, BlindSpotObjective,
-                        "BlindSpot: distil a teacher trained from scratch on D_r (D_f) and the original (D_r)",
-                        {"cifar10": dict(_RELEASED_SHORT, teacher_steps=10_000, teacher_lr=2e-4),
-                         "digits": dict(teacher_steps=200, teacher_lr=2e-3)}),
-    "sa": Method("sa", SAConfig, SAObjective,
-                 "Selective Amnesia: surrogate U[-1, 1] images for the forgotten classes, generative replay, EWC (Fisher)",
-                 {"cifar10": dict(_RELEASED_SHORT, replay_per_class=500, replay_steps=100, fisher_images=1000),
-                  "digits": dict(lr=2e-3, ewc_lambda=10.0, replay_per_class=64, replay_steps=20, fisher_images=256)}),
-    "salun": Method("salun", SalUnConfig, SalUnObjective,
-                    "SalUn: the trajectory-deviation forget loss + alpha * L_r on the top-50% salient weights",
-                    {"cifar10": dict(epochs=1, rounds=1, rem_num=1000 * 128, batch_size=128, lr=1e-4, ema_decay=None,
-                                     p_uncond=0.1, alpha=1.0, mask_fraction=0.5),
-                     "digits": dict(alpha=1.0)}),
-    "so": Method("so", SOConfig, SOObjective, "SO: L_r + lambda * L_f in one step, no inner loop (ablation)",
-                 {"cifar10": dict(lam=0.1), "digits": dict(lam=0.3)}),
-    "ts": Method("ts", TSConfig, TSObjective, "TS: forget only (L_f), then finetune on D_r (ablation)",
-                 {"cifar10": dict(forget_fraction=0.5), "digits": dict(forget_fraction=0.3)}),
-}
-METHODS.update(BASELINES)

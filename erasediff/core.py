@@ -10,30 +10,25 @@ Docs: https://erasediff.github.io/erasediff/core.html.md"""
 # %% ../nbs/00_core.ipynb #4923a27c
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
-import shutil
-import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from diffusers import UNet2DModel
+from accelerate import PartialState
+from accelerate.utils import gather, pad_across_processes, reduce
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'num_classes', 'null_label', 'check_labels',
            'drop_labels', 'predict_eps', 'data_parallel', 'is_main_process', 'batch_shard', 'local_rows', 'all_mean',
-           'mean_scalars', 'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps', 'inference_timesteps',
-           'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample', 'generate', 'diffusers_scheduler',
-           'sample_with_diffusers', 'make_ema', 'ema_model', 'atomic_write_bytes', 'atomic_write_json', 'atomic_dir',
-           'sha256_path', 'save_unet', 'unet_config_path', 'load_unet', 'check_schedule', 'check_device', 'measure']
+           'mean_scalars', 'noise_and_timesteps', 'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps',
+           'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample', 'generate',
+           'diffusers_scheduler', 'sample_with_diffusers', 'make_ema']
 
 # %% ../nbs/00_core.ipynb #aa1c7706
 @dataclass(frozen=True)
@@ -128,7 +123,6 @@ def data_parallel() -> tuple[int, int]:
     """(rank, world size) of this process: (0, 1) unless it was started by `accelerate launch` (or torchrun) with
     several processes, in which case Accelerate's process group is set up (gloo on CPU, NCCL on GPUs)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return 0, 1
-    from accelerate import PartialState
     state = PartialState(cpu=not torch.cuda.is_available())   # without cpu=True, CPU processes would not join up
     return state.process_index, state.num_processes
 
@@ -166,7 +160,6 @@ def all_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     not inside a `batch_shard` of several processes. With equal shares this mean of local means is the global mean."""
     tensors = list(tensors)
     if _SHARD is None or not tensors: return tensors
-    from accelerate.utils import reduce
     flat = reduce(torch.cat([t.detach().reshape(-1).float() for t in tensors]), reduction="mean")
     out, i = [], 0
     for t in tensors:
@@ -177,11 +170,19 @@ def all_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 def mean_scalars(*values: float) -> tuple[float, ...]:
     "`all_mean` for Python floats (e.g. losses to log, or a lambda rule's inputs, which every process must agree on)."
     if _SHARD is None: return values
-    from accelerate import PartialState
-    from accelerate.utils import reduce
     return tuple(reduce(torch.tensor(values, dtype=torch.float64, device=PartialState().device), reduction="mean").tolist())
 
 # %% ../nbs/00_core.ipynb #efb59e4d
+def noise_and_timesteps(x0: torch.Tensor, schedule: NoiseSchedule, *, antithetic: bool = False,
+                        generator: Optional[torch.Generator] = None,
+                        noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draws of a diffusion loss on clean images `x0` (B,C,H,W), in this order from `generator`: the noise (B,C,H,W),
+    N(0, I) unless `noise` is given, then the timesteps t (B,), uniform or antithetic. Every loss of the package (the
+    DDPM loss, the forget losses, distillation) draws through here, so the same generator gives the same draws."""
+    if noise is None: noise = torch.randn(x0.shape, generator=generator).to(x0)
+    return noise, sample_timesteps(len(x0), schedule.T, antithetic=antithetic, generator=generator, device=x0.device)
+
+
 def eps_loss(model: UNet2DModel, x0: torch.Tensor, labels: Optional[torch.Tensor], schedule: NoiseSchedule, *,
              noise: Optional[torch.Tensor] = None, t: Optional[torch.Tensor] = None, p_uncond: float = 0.0,
              antithetic: bool = False, generator: Optional[torch.Generator] = None,
@@ -192,11 +193,9 @@ def eps_loss(model: UNet2DModel, x0: torch.Tensor, labels: Optional[torch.Tensor
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     check_labels(model, labels)
-    B = x0.shape[0]
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
-    if t is None:
-        t = sample_timesteps(B, schedule.T, antithetic=antithetic, generator=generator, device=x0.device)
+    if noise is None or t is None:
+        noise, drawn_t = noise_and_timesteps(x0, schedule, antithetic=antithetic, generator=generator, noise=noise)
+        t = drawn_t if t is None else t
     if labels is not None and p_uncond > 0:
         labels = drop_labels(labels, null_label(model), p_uncond, generator)
     x0, noise, t, labels = local_rows(x0, noise, t, labels)     # this process's rows (all of them on one process)
@@ -386,8 +385,6 @@ def _gather_batches(mine: list[torch.Tensor], n_batches: int, rank: int, world: 
                     shape: tuple[int, ...]) -> list[torch.Tensor]:
     """All `n_batches` batches (b, *shape), in order, on every process, from each process's batches r, r + P, ...
     (one padded all-gather of the images and one of their counts)."""
-    from accelerate import PartialState
-    from accelerate.utils import gather, pad_across_processes
     dev = PartialState().device
     local = torch.cat(mine) if mine else torch.empty(0, *shape)
     sizes = gather(torch.tensor([len(x) for x in mine] + [0] * (n_batches - len(mine)), device=dev)).view(world, -1).cpu()
@@ -402,7 +399,6 @@ def _gather_batches(mine: list[torch.Tensor], n_batches: int, rank: int, world: 
 # %% ../nbs/00_core.ipynb #5924e815
 def diffusers_scheduler(schedule: NoiseSchedule, sampler: str = "ddim", clip_sample: bool = True):
     "The diffusers DDIMScheduler / DDPMScheduler with exactly this schedule (for parity checks and benchmarks)."
-    from diffusers import DDIMScheduler, DDPMScheduler
     kw = dict(num_train_timesteps=schedule.T, beta_start=schedule.config.beta_start,
               beta_end=schedule.config.beta_end, beta_schedule="linear", clip_sample=clip_sample)
     if sampler == "ddim":
@@ -427,206 +423,9 @@ def sample_with_diffusers(model: UNet2DModel, schedule: NoiseSchedule, n: int, *
     return x.clamp(-1, 1)
 
 # %% ../nbs/00_core.ipynb #52af9610
-from diffusers.training_utils import EMAModel
-
-
 def make_ema(model: UNet2DModel, decay: float = 0.999) -> EMAModel:
     "An EMA tracker of `model`'s parameters (diffusers EMAModel, decay ramped as min(decay, (1+n)/(10+n)))."
     if not 0 < decay < 1:
         raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
     return EMAModel(model.parameters(), decay=decay, foreach=False, model_cls=type(model), model_config=model.config)
 
-
-def ema_model(ema: EMAModel, model: UNet2DModel) -> UNet2DModel:
-    "A copy of `model` with the EMA weights."
-    import copy
-    m = copy.deepcopy(model)
-    ema.copy_to(m.parameters())
-    return m
-
-# %% ../nbs/00_core.ipynb #08a5cb29
-def _umask() -> int:
-    "The process's file-creation mask (read by setting and restoring it)."
-    m = os.umask(0o022); os.umask(m)
-    return m
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename. The file gets the mode
-    a plain `open(path, "wb")` would give (0o666 less the umask), not the temporary file's private 0o600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_json(path: Path | str, obj) -> Path:
-    "Write `obj` as indented JSON to `path`, atomically."
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-@contextmanager
-def atomic_dir(path: Path | str, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` (the old one is removed only
-    after the new one is in place). On error the temporary folder is deleted and `path` is untouched. The folder
-    gets the mode `mkdir` would give (0o777 less the umask)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())                   # as mkdir would make it, not mkdtemp's private 0o700
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f".{path.name}.old")
-    if old.exists(): shutil.rmtree(old)
-    if path.exists(): os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def sha256_path(path: Path | str) -> str:
-    "sha256 of a file, or of a folder (every file's relative path and bytes, in sorted order)."
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir(): h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
-# %% ../nbs/00_core.ipynb #e1434124
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def save_unet(model: UNet2DModel, path: Path | str, overwrite: bool = True) -> Path:
-    "Save `model` as a diffusers folder (config.json + safetensors) at `path`, atomically."
-    with atomic_dir(path, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-    return Path(path)
-
-
-def unet_config_path(folder: Path | str) -> Path:
-    "The UNet's config.json in a diffusers folder: `unet/config.json` in a pipeline folder, else `config.json`."
-    p = Path(folder)
-    return p / "unet" / "config.json" if (p / "unet" / "config.json").exists() else p / "config.json"
-
-
-def load_unet(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> UNet2DModel:
-    "Load a diffusers UNet2DModel from a local folder (model or pipeline with `unet/`) or a hub name."
-    p = Path(name_or_path)
-    if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"checkpoint {p} is a file; expected a diffusers folder with config.json")
-        cfg = unet_config_path(p)
-        sub = "unet" if cfg.parent != p else None
-        if not cfg.exists():
-            raise FileNotFoundError(f"checkpoint folder {p} has no config.json (nor unet/config.json): not a diffusers UNet")
-        try:
-            model = UNet2DModel.from_pretrained(p, subfolder=sub)
-        except Exception as e:
-            raise ValueError(f"checkpoint {p} could not be loaded (corrupt or incomplete?): {e}") from e
-    elif _HUB_NAME.match(str(name_or_path)) and not str(name_or_path).startswith((".", "/")):
-        try:
-            model = UNet2DModel.from_pretrained(str(name_or_path), subfolder=None)
-        except Exception:
-            try:
-                model = UNet2DModel.from_pretrained(str(name_or_path), subfolder="unet")
-            except Exception as e:
-                raise OSError(f"could not load {name_or_path!r} from the Hugging Face hub (offline, or not a UNet repo?): {e}") from e
-    else:
-        raise FileNotFoundError(f"checkpoint {name_or_path} not found (neither a local folder nor a hub name 'owner/name')")
-    return model.to(device).eval()
-
-def check_schedule(name_or_path: str | Path, config: ScheduleConfig) -> None:
-    """ValueError when a pipeline folder's (or hub repo's) `scheduler/scheduler_config.json` describes another noise
-    schedule than `config` (the preset's): the model would be unlearned and sampled with the wrong alpha_bars. Nothing
-    to check for a bare UNet folder, nor for a hub repo that cannot be reached."""
-    p = Path(name_or_path)
-    if p.exists():
-        f = p / "scheduler" / "scheduler_config.json"
-        if not f.exists(): return
-        cfg = json.loads(f.read_text())
-    else:
-        try:
-            from diffusers import DDPMScheduler
-            cfg = dict(DDPMScheduler.load_config(str(name_or_path), subfolder="scheduler"))
-        except Exception:
-            return
-    want = {"num_train_timesteps": config.num_train_timesteps, "beta_start": config.beta_start,
-            "beta_end": config.beta_end, "beta_schedule": "linear", "prediction_type": "epsilon"}
-    bad = {k: (cfg[k], v) for k, v in want.items() if k in cfg and
-           (abs(cfg[k] - v) > 1e-12 * max(1, abs(v)) if isinstance(v, float) else cfg[k] != v)}
-    if bad:
-        raise ValueError(f"checkpoint {name_or_path}: its scheduler differs from the preset's noise schedule "
-                         f"(checkpoint vs preset): {bad}; choose the preset the model was trained with")
-
-# %% ../nbs/00_core.ipynb #53319b94
-import time
-
-
-def _rss_hwm_mb() -> Optional[float]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"): return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_rss_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    "`torch.device(device)`, or a ValueError (before any work) when it is malformed or names an accelerator this machine lacks."
-    try: d = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1'): {e}") from None
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(d)!r}: CUDA is not available on this machine (torch {torch.__version__}, "
-                             f"CUDA build {torch.version.cuda or 'none'}); use device 'cpu' (CLI: --device cpu)")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(d)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {str(d)!r}: Apple MPS is not available on this machine; use device 'cpu'")
-    return d
-
-
-@contextmanager
-def measure(device: str | torch.device | None = None) -> Iterator[dict]:
-    """Time a block and record its peak memory; yields a dict filled on exit with `wall_s`,
-    `peak_rss_mb` (CPU high-water mark of the block, where Linux allows resetting it) and `cuda_peak_mb`."""
-    stats: dict = {}
-    cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-    if cuda:
-        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-    stats["rss_window"] = _reset_rss_hwm()
-    t0 = time.perf_counter()
-    try:
-        yield stats
-    finally:
-        if cuda: torch.cuda.synchronize()
-        stats["wall_s"] = time.perf_counter() - t0
-        stats["peak_rss_mb"] = _rss_hwm_mb()
-        stats["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None

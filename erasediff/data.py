@@ -15,11 +15,15 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 # %% auto #0
@@ -87,8 +91,6 @@ class ImageSet(Dataset):
 def load_digits_set(split: str = "train", image_size: int = 16, seed: int = 0, test_fraction: float = 0.2) -> ImageSet:
     """scikit-learn's 8x8 digits, resized to `image_size`, in [-1, 1]; a fixed seeded stratified train/test split.
     One synthetic binary attribute, `even` (the digit is even), stands in for CelebA's attributes in tests."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1) * 2 - 1
@@ -102,7 +104,6 @@ def load_digits_set(split: str = "train", image_size: int = 16, seed: int = 0, t
 # %% ../nbs/01_data.ipynb #d1319011
 def _torchvision():
     try:
-        import torchvision
         return torchvision
     except Exception as e:  # missing, or a build that does not match torch
         raise ImportError(f"this dataset needs a working torchvision (pip install 'erasediff[vision]'): {e}") from e
@@ -110,7 +111,6 @@ def _torchvision():
 
 def _to_unit_range(image_size: int, channels: int, center_crop: Optional[int] = None):
     "PIL image -> float tensor (C,H,W) in [-1, 1], resized (and optionally centre-cropped)."
-    from PIL import Image
     def f(img):
         img = img.convert("L" if channels == 1 else "RGB")
         if center_crop:
@@ -196,7 +196,6 @@ class _Files:
     def __init__(self, files): self.files = files
     def __len__(self): return len(self.files)
     def __getitem__(self, i):
-        from PIL import Image
         with Image.open(self.files[i]) as im: return im.copy()
 
 

@@ -11,28 +11,33 @@ Docs: https://erasediff.github.io/erasediff/train.html.md"""
 # %% ../nbs/02_train.ipynb #9fb7d2d9
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
+import os
 import platform
-import sys
-import time
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
+import matplotlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from .core import (NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, all_mean, atomic_dir, atomic_write_bytes,
-                            atomic_write_json, batch_shard, data_parallel, eps_loss, generate, is_main_process, local_rows,
-                            make_ema, make_unet, mean_scalars, measure, num_classes, sha256_path)
-from .data import ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root
+from .core import (
+    all_mean, batch_shard, data_parallel, eps_loss, generate, is_main_process, local_rows, make_ema, make_unet,
+    mean_scalars, NoiseSchedule, num_classes, SamplerConfig, ScheduleConfig, UNetConfig)
+from .data import (
+    _torchvision, DATASETS, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root)
+from .runtime import atomic_dir, atomic_write_bytes, atomic_write_json, default_device, measure, sha256_path
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
@@ -162,7 +167,6 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
     bit for bit: the checkpoint holds every random state the loop uses (its generator, the batches, and the global
     CPU/CUDA generators that dropout draws from). `sample_fn(step, model)` is called every `sample_every` steps with
     the weights that will be shipped (the EMA weights when EMA is on), in eval mode."""
-    import copy
     out = Path(out) if out is not None else None
     params = list(model.parameters()) if params is None else list(params)
     trainable = {id(p) for p in params}
@@ -223,7 +227,6 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
             bad_grad = any(not torch.isfinite(g).all() for g in grads)
             if not math.isfinite(logs["loss"]) or bad_grad:
                 what = f"loss={logs['loss']}" if not math.isfinite(logs["loss"]) else "a non-finite gradient"
-                last = history[-1]["step"] if history else None
                 raise NonFiniteLossError(f"{desc}: {what} at step {step}; stopped before the update. "
                                          + (f"The last good checkpoint in {out} is intact." if out else "No checkpoint was written."))
             if config.grad_clip is not None:
@@ -275,7 +278,6 @@ class ResNetClassifier(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        from erasediff.data import _torchvision
         net = _torchvision().models.resnet18(num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
@@ -347,7 +349,6 @@ class Preset:
     device: str = "cpu"
 
     def __post_init__(self):
-        from erasediff.data import DATASETS
         if self.dataset not in DATASETS:
             raise ValueError(f"preset {self.name}: dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
         if self.unet.num_classes is not None and any(not 0 <= c < self.unet.num_classes for c in self.forget_classes):
@@ -410,7 +411,9 @@ def show_grid(images: torch.Tensor, nrow: int, ax=None, title: str = ""):
     for i, im in enumerate(images):
         r, c = divmod(i, nrow)
         grid[r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = (im.permute(1, 2, 0) + 1) / 2
-    if ax is None: _, ax = plt.subplots(figsize=(nrow * 0.4, rows * 0.4))
+    if ax is None:
+        import matplotlib.pyplot as plt   # deferred: pyplot chooses a display backend on import; only a shown grid needs it
+        _, ax = plt.subplots(figsize=(nrow * 0.4, rows * 0.4))
     ax.imshow(grid.squeeze(-1).clamp(0, 1).numpy(), cmap="gray" if C == 1 else None, vmin=0, vmax=1)
     ax.set_title(title, fontsize=9); ax.axis("off")
     return ax
@@ -418,9 +421,7 @@ def show_grid(images: torch.Tensor, nrow: int, ax=None, title: str = ""):
 
 def save_grid(images: torch.Tensor, nrow: int, path: Path | str, title: str = "") -> Path:
     "Save a sample grid as a PNG, atomically."
-    import matplotlib
     matplotlib.use(matplotlib.get_backend())
-    from matplotlib.figure import Figure
     rows = math.ceil(len(images) / nrow)
     fig = Figure(figsize=(max(2, nrow * 0.45), max(1.5, rows * 0.45 + 0.3)))
     show_grid(images, nrow, fig.add_subplot(), title)
@@ -453,7 +454,7 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
         raise FileExistsError(f"{out} exists and is not empty; pass resume=True to continue it or overwrite=True to start over")
     main = is_main_process()                       # under `accelerate launch`, rank 0 alone writes
     if overwrite and not resume and out.exists() and main:
-        import shutil; shutil.rmtree(out)
+        shutil.rmtree(out)
     train, test = preset.load_data()
     splits = make_splits(train, test, preset.forget_spec(forget_classes))  # validates the forget classes first
     base = preset.classifier.loop if what == "classifier" else preset.train
@@ -474,7 +475,7 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
         def sample_fn(step, m):  # m: the weights that will be shipped (EMA); every process samples its share
             grid = sample_grid(m, schedule, preset.sampler, 8)
             if main: save_grid(grid, 8, out / "samples" / f"step{step:07d}.png", f"{what} step {step}")
-    model.to(preset.device if (preset.device != "cuda" or torch.cuda.is_available()) else "cpu")
+    model.to(default_device(preset.device))
     batches = InfiniteBatches(data, loop.batch_size, seed=loop.seed)
     res = fit(model, objective, batches, loop, out=out, resume=resume, progress=progress, sample_fn=sample_fn,
               desc=f"{preset.name}/{what}", run_info=info)
@@ -489,10 +490,6 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
     return res
 
 # %% ../nbs/02_train.ipynb #b0b998a9
-import os
-import shutil
-
-
 def data_dir() -> Path:
     "Folder of the shipped artefacts: $ERASEDIFF_DATA, else the repository's data/."
     return Path(os.environ.get("ERASEDIFF_DATA", Path(__file__).resolve().parent.parent / "data"))

@@ -1,7 +1,6 @@
 """One job run on one process (`python tests/_dist_job.py OUT`) or on several (`accelerate launch --cpu
 --num_processes 2 tests/_dist_job.py OUT`): a few training steps, a few EraseDiff steps and a sharded sampling run.
 Rank 0 saves what each produced to OUT/result.pt; tests/test_distributed.py compares the two."""
-import os
 import sys
 from pathlib import Path
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from erasediff.core import UNetConfig, make_unet
+from erasediff.measures import INCEPTION_FILE, write_inception_weights
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,3 +37,20 @@ def tiny_uncond_unet():
     torch.manual_seed(0)
     from dataclasses import replace
     return make_unet(replace(TINY, num_classes=None)).eval()
+
+
+@pytest.fixture(scope="module")
+def inception_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inception")
+    p = write_inception_weights(d)
+    assert p == d / INCEPTION_FILE and p.stat().st_size > 80e6
+    return d
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    train = pytest.importorskip("erasediff.train")
+    try:
+        return {w: train.load_reference("digits", w) for w in ("classifier", "unscrubbed", "retrain")}
+    except FileNotFoundError as e:
+        pytest.skip(f"shipped digits models missing: {e}")

@@ -4,13 +4,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from erasediff.baselines import (BlindSpotConfig, NegGradConfig, SAConfig, SalUnConfig, SOConfig, StagedBatches,
-                                 TSConfig, cached_fisher, ewc_penalty, fisher_diagonal, saliency_mask)
+from erasediff.baselines import (BlindSpotConfig, NegGradConfig, SAConfig, SalUnConfig, SOConfig, StagedBatches, TSConfig, cached_fisher, ewc_penalty, fisher_diagonal, saliency_mask)
 from erasediff.core import NoiseSchedule, UNetConfig, make_unet
 from erasediff.data import ForgetSpec, load_digits_set, make_splits
 from erasediff.train import fit
-from erasediff.unlearn import (METHODS, EraseDiffConfig, default_config, get_method, make_objective, split_losses,
-                               unlearn)
+from erasediff.objectives import EraseDiffConfig
+from erasediff.methods import METHODS, default_config, get_method, make_objective
+from erasediff.accuracy import split_losses
+from erasediff.unlearn import unlearn
 
 torch.set_num_threads(1)
 SCHED = NoiseSchedule()
@@ -161,7 +162,7 @@ def test_so_takes_exactly_erasediffs_steps_with_a_fixed_lambda(splits):
     "The first-order outer gradient of EraseDiff with a fixed lambda is SO's: the inner loop only changes the logged q."
     common = dict(**SMALL, lam=0.3, forget_loss="deviate")
     _, so = run("so", SOConfig(**common), splits)
-    _, ed = run("erasediff", EraseDiffConfig(**common, K=2, zeta=0.05), splits)
+    _, ed = run("erasediff", EraseDiffConfig(**common, K=2, zeta=0.05, diagnostics=True), splits)
     assert [h["L_r"] for h in so.history] == [h["L_r"] for h in ed.history]
     for a, b in zip(so.model.parameters(), ed.model.parameters()):
         assert torch.equal(a, b)
@@ -174,7 +175,7 @@ def test_sa_refuses_an_unconditional_model():
 
 
 def test_unlearn_runs_a_baseline_end_to_end(tmp_path, splits):
-    from erasediff.core import save_unet
+    from erasediff.runtime import save_unet
     save_unet(tiny(), tmp_path / "ck")
     m = unlearn("digits", (2, 8), tmp_path / "run", checkpoint=tmp_path / "ck", method="salun", eval_per_class=0,
                 config=dict(SMALL, mask_fraction=0.5), progress=False)

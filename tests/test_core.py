@@ -1,13 +1,11 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet2DModel
 
-from erasediff.core import (NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, atomic_dir, atomic_write_json,
-                            eps_loss, generate, guided_eps, inference_timesteps, load_unet, make_unet, predict_eps,
-                            q_sample, sample, sample_timesteps, sample_with_diffusers, save_unet, sha256_path)
+from erasediff.core import (NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, eps_loss, generate, guided_eps, inference_timesteps, predict_eps, q_sample, sample, sample_timesteps, sample_with_diffusers)
+from erasediff.runtime import atomic_dir, atomic_write_json, load_unet, save_unet, sha256_path
 
 SCHED = NoiseSchedule()
 
@@ -167,7 +165,7 @@ def test_results_get_the_modes_of_a_plain_write(tmp_path):
     """Atomic writes give files and folders the modes open()/mkdir would (umask respected), not the private 0o600 /
     0o700 of their temporary names: on a shared server others must be able to read a model and its metrics."""
     import os, stat
-    from erasediff.core import atomic_dir, atomic_write_bytes
+    from erasediff.runtime import atomic_dir, atomic_write_bytes
     old = os.umask(0o022)
     try:
         f = atomic_write_bytes(tmp_path / "a.json", b"{}")
@@ -184,7 +182,7 @@ def test_results_get_the_modes_of_a_plain_write(tmp_path):
 
 def test_check_device():
     import torch
-    from erasediff.core import check_device
+    from erasediff.runtime import check_device
     assert check_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="not a device name"):
         check_device("gpu0")

@@ -6,9 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from erasediff.data import (DatasetUnavailableError, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, load_digits_set,
-                            load_mnist, make_splits,
-                            resolve_classes)
+from erasediff.data import (DatasetUnavailableError, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, load_digits_set, load_mnist, make_splits, resolve_classes)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ def test_notebook_has_kernelspec(path):
     assert ks.get("name") == "python3", ks
 
 
-@pytest.mark.parametrize("name, params", [("03_unlearn", ("forget_classes", "overrides", "seed", "quick")),
-                                          ("07_reproduce", ("PRESET", "SEEDS", "OUT", "METHODS"))])
+@pytest.mark.parametrize("name, params", [("index", ("forget_classes", "overrides", "seed", "quick")),
+                                          ("13_reproduce", ("PRESET", "SEEDS", "OUT", "METHODS"))])
 def test_colab_notebook_installs_in_colab_then_takes_parameters(name, params):
     "First code cell: the Colab install (a no-op elsewhere); the next one: papermill's parameters; a badge opens it."
     nb = json.loads((Path(__file__).parents[1] / "nbs" / f"{name}.ipynb").read_text())

@@ -1,6 +1,6 @@
 """The reproduction's bookkeeping: a deterministic plan, finished stages reused, damaged ones redone, and a table whose
 numbers are those of the run folders. The stages are replaced by fast deterministic fakes here (the real stages run in
-nbs/07_reproduce.ipynb); what is tested is the orchestration around them."""
+nbs/13_reproduce.ipynb); what is tested is the orchestration around them."""
 import csv
 import json
 from dataclasses import replace
@@ -12,8 +12,9 @@ import pytest
 
 import _fake_stages as fakes
 import erasediff.reproduce as R
+from erasediff.runtime import ResultsInUseError
 from erasediff.cli import main
-from erasediff.unlearn import default_config
+from erasediff.methods import default_config
 
 
 @pytest.fixture
@@ -48,17 +49,17 @@ def test_bad_config_is_refused(kw, msg):
 
 
 def test_finished_runs_are_never_recomputed(tmp_path, fake_stages):
-    first = R.reproduce(CFG, tmp_path, progress=False, figures=False)
+    first = R.reproduce(CFG, tmp_path, progress=False)
     n_first = len(fake_stages)
     assert n_first == 2 * 3 + 2 * 2 * 3 and len(first["computed"]) == n_first and first["reused"] == []
-    again = R.reproduce(CFG, tmp_path, progress=False, figures=False)
+    again = R.reproduce(CFG, tmp_path, progress=False)
     assert len(fake_stages) == n_first, fake_stages[n_first:]            # nothing ran again
     assert again["computed"] == [] and sorted(again["reused"]) == sorted(first["computed"])
     assert again["rows"] == first["rows"]
 
 
 def test_damaged_or_partial_runs_are_detected_and_redone(tmp_path, fake_stages):
-    R.reproduce(CFG, tmp_path, progress=False, figures=False)
+    R.reproduce(CFG, tmp_path, progress=False)
     runs = tmp_path / "runs"
     table_before = (tmp_path / "table.md").read_text()
     # 1. a changed file of a finished stage (a corrupt write): that stage and the later ones are redone
@@ -68,7 +69,7 @@ def test_damaged_or_partial_runs_are_detected_and_redone(tmp_path, fake_stages):
     # 3. a record that does not parse (killed mid-write of the record itself)
     (runs / "unscrubbed/seed1/relearn.done.json").write_text("{")
     del fake_stages[:]
-    again = R.reproduce(CFG, tmp_path, progress=False, figures=False)
+    again = R.reproduce(CFG, tmp_path, progress=False)
     # (a redone evaluation does not redo the attack: that reads the model, not its evaluation)
     assert sorted(again["computed"]) == sorted(["salun/seed1:unlearn", "salun/seed1:eval", "salun/seed1:relearn",
                                                 "erasediff/seed0:eval", "unscrubbed/seed1:relearn"])
@@ -79,7 +80,7 @@ def test_damaged_or_partial_runs_are_detected_and_redone(tmp_path, fake_stages):
 
 
 def test_table_numbers_are_those_of_the_run_folders(tmp_path, fake_stages):
-    R.reproduce(CFG, tmp_path, progress=False, figures=False)
+    R.reproduce(CFG, tmp_path, progress=False)
     preset = CFG.get_preset()
     rows = {r["method"]: r for r in json.loads((tmp_path / "table.json").read_text())["rows"]}
     with open(tmp_path / "table.csv") as f:
@@ -123,13 +124,13 @@ def test_cli_reproduce_refuses_bad_input_before_work(tmp_path, capsys):
 
 def test_changed_settings_redo_only_the_stages_they_touch(tmp_path, fake_stages):
     from dataclasses import replace
-    R.reproduce(CFG, tmp_path, progress=False, figures=False)
+    R.reproduce(CFG, tmp_path, progress=False)
     del fake_stages[:]
-    again = R.reproduce(replace(CFG, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False, figures=False)
+    again = R.reproduce(replace(CFG, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False)
     assert len(again["computed"]) == 2 * 2 + 2 * 2 and all(s.endswith(":relearn") for s in again["computed"])
     assert {c[0] for c in fake_stages} == {"relearn"}
     del fake_stages[:]
-    third = R.reproduce(replace(CFG, n_per_class=5, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False, figures=False)
+    third = R.reproduce(replace(CFG, n_per_class=5, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False)
     assert sorted({s.split(":")[1] for s in third["computed"]}) == ["eval"] and {c[0] for c in fake_stages} == {"eval"}
 
 
@@ -143,7 +144,7 @@ def test_sweep_points_are_reused_only_with_the_same_settings(monkeypatch, tmp_pa
             callback(step, None, {})
 
     monkeypatch.setattr(R, "unlearn", unlearn)
-    monkeypatch.setattr(R, "_probe", lambda *a, **k: {"forget": 0.5, "remain": 0.9, "fd_remain": 1.0})
+    monkeypatch.setattr(R, "forgetting_probe", lambda *a, **k: {"forget": 0.5, "remain": 0.9, "fd_remain": 1.0})
     cfg = R.ReproduceConfig(seeds=1, methods=("erasediff",), unlearn_overrides={"epochs": 1})
     splits = SimpleNamespace(remain=SimpleNamespace(tensors=lambda: (None,)))
     run = lambda c, **k: R.tradeoff_sweep(tmp_path, c, classifier=None, splits=splits, lams=(0.1, 1.0), progress=False, **k)
@@ -165,24 +166,24 @@ def test_sweep_points_are_reused_only_with_the_same_settings(monkeypatch, tmp_pa
 def test_parallel_workers_give_the_same_results_and_resume(tmp_path, fake_stages):
     "Runs spread over 2 worker processes: the same stages and table as one process; a rerun reuses everything."
     from dataclasses import replace
-    serial = R.reproduce(CFG, tmp_path / "serial", progress=False, figures=False)
-    par = R.reproduce(replace(CFG, jobs=2), tmp_path / "par", progress=False, figures=False, worker_setup=fakes.install)
+    serial = R.reproduce(CFG, tmp_path / "serial", progress=False)
+    par = R.reproduce(replace(CFG, jobs=2), tmp_path / "par", progress=False, worker_setup=fakes.install)
     assert par["jobs"] == 2 and sorted(par["computed"]) == sorted(serial["computed"])
     assert (tmp_path / "par/table.csv").read_text() == (tmp_path / "serial/table.csv").read_text()
-    again = R.reproduce(replace(CFG, jobs=2), tmp_path / "par", progress=False, figures=False, worker_setup=fakes.install)
+    again = R.reproduce(replace(CFG, jobs=2), tmp_path / "par", progress=False, worker_setup=fakes.install)
     assert again["computed"] == [] and sorted(again["reused"]) == sorted(serial["computed"])
 
 
 def test_a_second_writer_is_refused(tmp_path, fake_stages):
-    held = R._lock(tmp_path)
+    held = R.lock_folder(tmp_path, ".reproduce.lock", "erasediff reproduce")
     try:
-        with pytest.raises(R.ResultsInUseError, match="another `erasediff reproduce`"):
-            R.reproduce(CFG, tmp_path, progress=False, figures=False)
+        with pytest.raises(ResultsInUseError, match="another `erasediff reproduce`"):
+            R.reproduce(CFG, tmp_path, progress=False)
         assert not (tmp_path / "runs").exists()
         assert main(["reproduce", "--seeds", "1", "--methods", "neggrad", "--out", str(tmp_path), "--quiet"]) == 2
     finally:
         held.close()
-    R.reproduce(CFG, tmp_path, progress=False, figures=False)                     # released: runs
+    R.reproduce(CFG, tmp_path, progress=False)                     # released: runs
 
 
 def _token_processes(token: str) -> list[int]:
@@ -241,7 +242,7 @@ def test_a_failing_task_stops_every_worker_now(tmp_path):
     cfg = R.ReproduceConfig(seeds=2, methods=("erasediff", "salun"), sweep=False, jobs=2)
     t = time.perf_counter()
     with pytest.raises(RuntimeError, match="boom"):
-        R.reproduce(cfg, tmp_path, progress=False, figures=False, worker_setup=fakes.install_slow)
+        R.reproduce(cfg, tmp_path, progress=False, worker_setup=fakes.install_slow)
     assert time.perf_counter() - t < 45                      # the other worker sleeps 60 s in its stage
     assert multiprocessing.active_children() == []
-    R._lock(tmp_path).close()                                # the lock is free again
+    R.lock_folder(tmp_path, ".reproduce.lock", "erasediff reproduce").close()                                # the lock is free again

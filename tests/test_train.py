@@ -5,10 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from erasediff.core import NoiseSchedule, make_unet, sha256_path
+from erasediff.core import NoiseSchedule, make_unet
+from erasediff.runtime import sha256_path
 from erasediff.data import InfiniteBatches, load_digits_set
-from erasediff.train import (DiffusionObjective, DigitsClassifier, LoopConfig, NonFiniteLossError, fit, get_preset,
-                             load_reference, read_manifest, reference_path, ship_reference, train_reference)
+from erasediff.train import (DiffusionObjective, DigitsClassifier, LoopConfig, NonFiniteLossError, fit, get_preset, load_reference, read_manifest, reference_path, ship_reference, train_reference)
 
 SCHED = NoiseSchedule()
 

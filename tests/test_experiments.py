@@ -1,0 +1,69 @@
+"""Smoke tests of the benchmark scripts of experiments/: they must run and print their table."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "experiments"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sweep_unlearn_runs_and_records(tmp_path, capsys):
+    from erasediff.train import reference_path
+    try:
+        reference_path("digits", "unscrubbed"); reference_path("digits", "classifier")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"shipped digits models not available: {e}")
+    out = tmp_path / "rows.jsonl"
+    load("sweep_unlearn").main(["--grid", '[{"epochs": 1, "rem_num": 64}]', "--at", "1", "--n-forget", "2",
+                                "--n-remain", "1", "--jsonl", str(out)])
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]                       # --at 1 and the end of the run (2 outer steps)
+    assert all(0 <= r["acc_forget"] <= 1 and 0 <= r["acc_remain"] <= 1 for r in rows)
+    assert set(rows[0]["per_class"]) == {str(c) for c in range(10)}
+    assert "forget acc" in capsys.readouterr().out
+
+
+def test_sweep_unlearn_honours_parameter_subset():
+    "The sweep trains the `params` subset as unlearn() does: a pattern that matches no parameter is an error."
+    from erasediff.train import reference_path
+    try:
+        reference_path("digits", "unscrubbed"); reference_path("digits", "classifier")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"shipped digits models not available: {e}")
+    with pytest.raises(ValueError, match="match no parameter"):
+        load("sweep_unlearn").main(["--grid", '[{"epochs": 1, "rem_num": 64, "params": ["no_such_layer"]}]',
+                                    "--n-forget", "1", "--n-remain", "1"])
+
+
+def test_bench_methods_prints_one_row_per_method_and_the_speed_ratios(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+    from erasediff.train import reference_path
+    try:
+        reference_path("digits", "unscrubbed"); reference_path("digits", "classifier")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"shipped digits models not available: {e}")
+    import erasediff.methods as U
+    real = U.default_config
+    tiny = dict(epochs=1, rounds=1, rem_num=64, batch_size=32, forget_batch_size=16)   # 2 steps per method
+    extra = {"sa": dict(replay_per_class=2, replay_steps=2, fisher_images=2, fisher_timesteps=2)}
+    monkeypatch.setattr(U, "default_config", lambda p, m, *a: replace(real(p, m, *a), **tiny, **extra.get(m, {})))
+    out = tmp_path / "m.json"
+    load("bench_methods").main(["--methods", "erasediff", "sa", "salun", "--check-every", "1", "--probe-forget", "2",
+                                "--n-forget", "2", "--n-remain", "2", "--json", str(out)])
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["erasediff", "sa", "salun"]
+    assert all(r["default_steps"] == 2 and r["max_steps"] == 8 and len(r["probes"]) >= 1 for r in rows)
+    assert all(0 <= r["eval"]["forget_w0"] <= 1 and r["eval"]["fd_remain"] >= 0 and 0 <= r["eval"]["mia_auc"] <= 1
+               for r in rows)
+    assert rows[1]["prep_s"] > 0
+    for m in ("| erasediff |", "| sa |", "| salun |", "speed EraseDiff vs sa", "speed EraseDiff vs salun"):
+        assert m in text, m
