@@ -4,8 +4,8 @@ At a fixed lambda the first-order bilevel update of EraseDiff is grad L_r + lamb
 constant), which is SO's step. Its inner loop and gradient dot products only feed logged diagnostics (q, cos), so the
 default run skips them (`EraseDiffConfig.diagnostics=False`). This script runs EraseDiff (default, and with
 diagnostics) and SO on the shipped digits Unscrubbed model with the preset's budget (60 outer steps), alternating the
-methods `--repeats` times, checks that the three give bit-identical weights, and prints the wall times and ratios.
-About 2 min per repeat on 2 CPU cores.
+methods `--repeats` times (after one untimed warm-up run of each, in alternating order), checks that the three give
+bit-identical weights, and prints the wall times and ratios. About 70 s per repeat on 2 CPU cores.
 
     python experiments/bench_fixed_lambda.py --repeats 3
 
@@ -56,8 +56,10 @@ def main(argv=None) -> int:
     splits = make_splits(*preset.load_data(), preset.forget_spec())
     walls: dict[str, list[float]] = {k: [] for k in RUNS}
     hashes: dict[str, set] = {k: set() for k in RUNS}
+    for label in RUNS:                                       # warm-up (allocator, kernels, page cache): not timed
+        run_once(label, preset, splits, args.seed)
     for r in range(args.repeats):
-        for label in RUNS:
+        for label in (list(RUNS) if r % 2 == 0 else list(RUNS)[::-1]):   # alternate the order: no method always first
             s, h = run_once(label, preset, splits, args.seed)
             walls[label].append(s); hashes[label].add(h)
             print(f"  repeat {r}: {label} {s:.1f} s", file=sys.stderr, flush=True)
