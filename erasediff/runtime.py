@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -31,9 +32,9 @@ from diffusers import DDPMScheduler, UNet2DModel
 from .core import ScheduleConfig
 
 # %% auto #0
-__all__ = ['atomic_write_bytes', 'atomic_write_json', 'atomic_dir', 'sha256_path', 'save_unet', 'unet_config_path', 'load_unet',
-           'check_schedule', 'check_device', 'measure', 'ResultsInUseError', 'lock_folder', 'die_with_parent',
-           'default_device', 'eval_mode', 'weights_sha256']
+__all__ = ['atomic_write_bytes', 'finite_json', 'atomic_write_json', 'atomic_dir', 'sha256_path', 'save_weights', 'save_unet',
+           'unet_config_path', 'load_unet', 'check_schedule', 'check_device', 'measure', 'ResultsInUseError',
+           'lock_folder', 'die_with_parent', 'default_device', 'eval_mode', 'weights_sha256']
 
 # %% ../nbs/00a_runtime.ipynb #08a5cb29
 def _umask() -> int:
@@ -60,9 +61,27 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
+def finite_json(obj, path: str = "") -> tuple[object, list[str]]:
+    """`obj` with every NaN or infinite float replaced by None, and the dotted paths where that happened: what strict
+    JSON can hold (a bare `NaN` or `Infinity` is not JSON, and other readers reject it)."""
+    if isinstance(obj, float) and not math.isfinite(obj): return None, [path or "."]
+    if isinstance(obj, dict):
+        out, bad = {}, []
+        for k, v in obj.items():
+            out[k], b = finite_json(v, f"{path}.{k}" if path else str(k)); bad += b
+        return out, bad
+    if isinstance(obj, (list, tuple)):
+        pairs = [finite_json(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(obj)]
+        return [v for v, _ in pairs], [p for _, b in pairs for p in b]
+    return obj, []
+
+
 def atomic_write_json(path: Path | str, obj) -> Path:
-    "Write `obj` as indented JSON to `path`, atomically."
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    """Write `obj` as indented, strict JSON to `path`, atomically. Non-finite floats become null; a dict then lists their
+    paths under `"nonfinite_as_null"`, so a reader can tell a missing value from a diverged one."""
+    clean, bad = finite_json(obj)
+    if bad and isinstance(clean, dict): clean["nonfinite_as_null"] = bad
+    return atomic_write_bytes(path, (json.dumps(clean, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n").encode())
 
 
 @contextmanager
@@ -105,10 +124,23 @@ def sha256_path(path: Path | str) -> str:
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def save_weights(model: nn.Module, folder: Path | str) -> None:
+    """`model.save_pretrained(folder)` in safetensors, refused (ValueError, nothing written) when a weight is NaN or
+    infinite: a diverged run never becomes a checkpoint. The files get the modes a plain write would give (0o666 less
+    the umask), not safetensors' private 0o600."""
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"refusing to save non-finite weights ({len(bad)} tensor(s), e.g. {bad[0]!r}): the run diverged; "
+                         "lower the learning rate (CLI: --lr) or raise the gradient clipping")
+    model.save_pretrained(folder, safe_serialization=True)
+    for f in Path(folder).rglob("*"):
+        if f.is_file(): f.chmod(0o666 & ~_umask())
+
+
 def save_unet(model: UNet2DModel, path: Path | str, overwrite: bool = True) -> Path:
-    "Save `model` as a diffusers folder (config.json + safetensors) at `path`, atomically."
+    "Save `model` as a diffusers folder (config.json + safetensors) at `path`, atomically (`save_weights`' checks)."
     with atomic_dir(path, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        save_weights(model, tmp)
     return Path(path)
 
 

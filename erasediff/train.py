@@ -37,7 +37,8 @@ from .core import (
     mean_scalars, NoiseSchedule, num_classes, SamplerConfig, ScheduleConfig, UNetConfig)
 from .data import (
     _torchvision, DATASETS, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root)
-from .runtime import atomic_dir, atomic_write_bytes, atomic_write_json, default_device, measure, sha256_path
+from .runtime import (
+    atomic_dir, atomic_write_bytes, atomic_write_json, default_device, measure, save_weights, sha256_path)
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
@@ -207,7 +208,7 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
         atomic_write_bytes(state_file, _state_bytes(state))
         avg = averaged()
         if hasattr(avg, "save_pretrained"):
-            with atomic_dir(out / "model") as tmp: avg.save_pretrained(tmp, safe_serialization=True)
+            with atomic_dir(out / "model") as tmp: save_weights(avg, tmp)
         atomic_write_json(out / "history.json", {"step": step, "history": history, "config": asdict(config), **(run_info or {})})
 
     model.train()

@@ -27,8 +27,8 @@ from .membership import membership_inference, memorization_report, plot_memoriza
 from .methods import default_config, get_method, make_objective, METHODS
 from .objectives import ForgetLossConfig, select_params, UnlearnConfig
 from .runtime import (
-    atomic_dir, atomic_write_json, check_device, check_schedule, default_device, load_unet, sha256_path,
-    unet_config_path, weights_sha256)
+    atomic_dir, atomic_write_json, check_device, check_schedule, default_device, load_unet, save_weights,
+    sha256_path, unet_config_path, weights_sha256)
 from .train import (
     check_data_parallel, CLASSIFIERS, fit, get_preset, predict, Preset, reference_path, save_grid, save_png)
 
@@ -326,7 +326,7 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     metrics["total_seconds"] = time.perf_counter() - t_start
     if not is_main_process(): return {**metrics, "out": str(out)}   # `accelerate launch`: rank 0 writes
     with atomic_dir(out, overwrite=True) as tmp:
-        res.model.save_pretrained(tmp / "unet", safe_serialization=True)
+        save_weights(res.model, tmp / "unet")
         atomic_write_json(tmp / "metrics.json", metrics)
         atomic_write_json(tmp / "history.json", {"history": res.history, "inner": getattr(objective, "inner_log", [])})
         (tmp / "README.md").write_text(model_card(metrics))

@@ -1,11 +1,8 @@
-import json
-
+"""Tests of erasediff.core: the noise schedule, the diffusion loss, samplers and guidance, UNet configs."""
 import pytest
 import torch
-from diffusers import UNet2DModel
-
 from erasediff.core import (NoiseSchedule, SamplerConfig, ScheduleConfig, UNetConfig, eps_loss, generate, guided_eps, inference_timesteps, predict_eps, q_sample, sample, sample_timesteps, sample_with_diffusers)
-from erasediff.runtime import atomic_dir, atomic_write_json, load_unet, save_unet, sha256_path
+
 
 SCHED = NoiseSchedule()
 
@@ -119,73 +116,3 @@ def test_unet_config_validation():
         UNetConfig(block_out_channels=(30, 64, 64))
     with pytest.raises(ValueError, match="num_classes"):
         UNetConfig(num_classes=0)
-
-
-def test_checkpoint_round_trip_through_from_pretrained(tiny_unet, tmp_path):
-    save_unet(tiny_unet, tmp_path / "ckpt")
-    loaded = UNet2DModel.from_pretrained(tmp_path / "ckpt")
-    x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), torch.tensor([4, 10])
-    with torch.no_grad():
-        assert torch.equal(loaded(x, t, class_labels=y).sample, tiny_unet(x, t, class_labels=y).sample)
-    # a pipeline-style folder (unet/ subfolder) loads too
-    save_unet(tiny_unet, tmp_path / "pipe" / "unet")
-    assert isinstance(load_unet(tmp_path / "pipe"), UNet2DModel)
-
-
-def test_load_unet_errors(tiny_unet, tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_unet(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        load_unet(tmp_path / "empty")
-    save_unet(tiny_unet, tmp_path / "bad")
-    (tmp_path / "bad" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="corrupt"):
-        load_unet(tmp_path / "bad")
-
-
-def test_atomic_dir_keeps_old_on_failure(tmp_path):
-    target = tmp_path / "result"
-    with atomic_dir(target) as d:
-        (d / "a.txt").write_text("old")
-    h = sha256_path(target)
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as d:
-            (d / "a.txt").write_text("new, half-written")
-            raise RuntimeError("crash")
-    assert sha256_path(target) == h and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
-    with pytest.raises(FileExistsError, match="overwrite"):
-        with atomic_dir(target, overwrite=False):
-            pass
-    atomic_write_json(tmp_path / "m.json", {"x": 1})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"x": 1}
-
-
-def test_results_get_the_modes_of_a_plain_write(tmp_path):
-    """Atomic writes give files and folders the modes open()/mkdir would (umask respected), not the private 0o600 /
-    0o700 of their temporary names: on a shared server others must be able to read a model and its metrics."""
-    import os, stat
-    from erasediff.runtime import atomic_dir, atomic_write_bytes
-    old = os.umask(0o022)
-    try:
-        f = atomic_write_bytes(tmp_path / "a.json", b"{}")
-        with atomic_dir(tmp_path / "run") as d: (d / "x.txt").write_text("x")
-        assert stat.S_IMODE(f.stat().st_mode) == 0o644
-        assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
-        os.umask(0o077)                                              # a private umask is honoured too
-        g = atomic_write_bytes(tmp_path / "b.json", b"{}")
-        with atomic_dir(tmp_path / "run2") as d: pass
-        assert stat.S_IMODE(g.stat().st_mode) == 0o600 and stat.S_IMODE((tmp_path / "run2").stat().st_mode) == 0o700
-    finally:
-        os.umask(old)
-
-
-def test_check_device():
-    import torch
-    from erasediff.runtime import check_device
-    assert check_device("cpu") == torch.device("cpu")
-    with pytest.raises(ValueError, match="not a device name"):
-        check_device("gpu0")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            check_device("cuda")
