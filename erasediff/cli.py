@@ -21,7 +21,7 @@ from .core import is_main_process, NoiseSchedule
 from .data import ForgetSpec
 from .evaluate import evaluate_checkpoint
 from .figures import reproduce_figures
-from .methods import get_method, METHODS
+from .methods import METHODS
 from .reproduce import RelearnConfig, reproduce, ReproduceConfig
 from .train import (
     class_recognition, class_shares, get_preset, load_reference, PRESETS, ship_reference, train_reference)
@@ -142,6 +142,16 @@ _DATA_ROOT_HELP = ("folder holding the dataset's files (torchvision layout; defa
                   "downloaded there when missing); not for the built-in digits")
 
 
+def _add_run_flags(p, *, seed: Optional[int] = 0, seed_help: Optional[str] = None,
+                   overwrite_help: str = "replace an existing --out") -> None:
+    "The flags of every subcommand that makes a run: --seed, --device, --data-root, --overwrite, --quiet."
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
+    p.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_train(sub) -> None:
     "Add the `train` subcommand."
     t = sub.add_parser("train", help="train a reference model (unscrubbed / retrain) or the evaluation classifier")
@@ -152,14 +162,10 @@ def _add_train(sub) -> None:
     t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, history, samples)")
     t.add_argument("--forget", nargs="+", default=None, help="forget classes for --what retrain (default: the preset's)")
     t.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    t.add_argument("--seed", type=int, default=None, help="override the preset's seed")
-    t.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
-    t.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     t.add_argument("--eval", action="store_true", help="measure the classifier's recognition of CFG samples")
     t.add_argument("--ship", action="store_true", help="copy the model into data/ and record it in data/manifest.json")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_flags(t, seed=None, seed_help="override the preset's seed", overwrite_help="replace an existing run folder")
     t.set_defaults(func=_cmd_train)
 
 
@@ -174,7 +180,6 @@ def _add_unlearn(sub) -> None:
     u.add_argument("--forget-ids", nargs="+", type=int, default=None, help="forget these training-set sample ids")
     u.add_argument("--out", required=True, type=Path, help="output folder (unet/, README.md model card, metrics.json)")
     u.add_argument("--checkpoint", default=None, help="diffusers UNet folder or hub name (default: the shipped Unscrubbed model)")
-    get_method("erasediff")                     # fills the registry with the baselines of erasediff.baselines
     u.add_argument("--method", default="erasediff", choices=sorted(METHODS),
                    help="unlearning method: " + "; ".join(f"{k}: {m.description}" for k, m in sorted(METHODS.items())).replace("%", "%%"))
     u.add_argument("--lam", default=None, help="lambda >= 0, 'auto' (BOME's adaptive rule) or 'auto_cos' (the released code's)")
@@ -195,11 +200,7 @@ def _add_unlearn(sub) -> None:
     u.add_argument("--lr", type=float, default=None, help="outer learning rate xi")
     u.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="any other field of the method's config")
     u.add_argument("--eval-per-class", type=int, default=None, help="CFG samples per class for the accuracy figures (0: skip)")
-    u.add_argument("--seed", type=int, default=0)
-    u.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
-    u.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
-    u.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    u.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_flags(u)
     u.set_defaults(func=_cmd_unlearn)
 
 
@@ -212,11 +213,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--out", type=Path, default=None, help="folder for metrics.json / metrics.md (default: runs/eval/<checkpoint name> under the current directory)")
     e.add_argument("--n-per-class", type=int, default=None, help="generated samples per class (default: the preset's)")
     e.add_argument("--inception-weights", default=None, help="local Inception TorchScript file for FID (offline)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default=None)
-    e.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
-    e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--quiet", action="store_true")
+    _add_run_flags(e, overwrite_help="replace an existing evaluation in --out")
     e.set_defaults(func=_cmd_evaluate)
 
 
