@@ -10,9 +10,10 @@ Docs: https://erasediff.github.io/erasediff/core.html.md"""
 # %% ../nbs/00_core.ipynb #4923a27c
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -24,11 +25,44 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'num_classes', 'null_label', 'check_labels',
-           'drop_labels', 'predict_eps', 'data_parallel', 'is_main_process', 'batch_shard', 'local_rows', 'all_mean',
-           'mean_scalars', 'noise_and_timesteps', 'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps',
-           'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample', 'generate',
-           'diffusers_scheduler', 'sample_with_diffusers', 'make_ema']
+__all__ = ['check_fields', 'ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'num_classes', 'null_label',
+           'check_labels', 'drop_labels', 'predict_eps', 'data_parallel', 'is_main_process', 'batch_shard',
+           'local_rows', 'all_mean', 'mean_scalars', 'noise_and_timesteps', 'eps_loss', 'UNetConfig', 'make_unet',
+           'count_params', 'guided_eps', 'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample',
+           'generate', 'diffusers_scheduler', 'sample_with_diffusers', 'make_ema']
+
+# %% ../nbs/00_core.ipynb #51cb285a
+def _kind_error(name: str, want: str, v) -> ValueError:
+    return ValueError(f"{name} must be {want}, got {v!r} ({type(v).__name__})")
+
+
+def _check_value(name: str, ann: str, v) -> None:
+    "ValueError when `v` is not of the annotated kind `ann` (the annotation's text, as `from __future__` keeps it)."
+    if ann.startswith("Optional["):
+        if v is None: return
+        ann = ann[len("Optional["):-1]
+    if ann == "bool":
+        if not isinstance(v, bool): raise _kind_error(name, "true or false", v)
+    elif ann == "int":
+        if isinstance(v, bool) or not isinstance(v, int): raise _kind_error(name, "an integer", v)
+    elif ann in ("float", "Union[float, str]"):
+        if ann != "float" and isinstance(v, str): return
+        if isinstance(v, bool) or not isinstance(v, (int, float)): raise _kind_error(name, "a number", v)
+        if not math.isfinite(v): raise _kind_error(name, "a finite number", v)
+    elif ann == "str":
+        if not isinstance(v, str): raise _kind_error(name, "a string", v)
+    elif ann.startswith("tuple[") and ann.endswith(", ...]"):
+        if not isinstance(v, tuple): raise _kind_error(name, "a tuple", v)
+        for i, x in enumerate(v): _check_value(f"{name}[{i}]", ann[len("tuple["):-len(", ...]")], x)
+
+
+def check_fields(config) -> None:
+    """ValueError naming the field when a config dataclass holds a value of the wrong kind, read from its annotations:
+    an int field given a bool or 2.5, a float field given a bool, a string or a non-finite number (inf, NaN, 1e400), a
+    bool field given anything but True/False (`Optional[...]` admits None). Every config calls it first on construction,
+    so that values from a command line or a JSON file are refused before any work, not deep inside a run."""
+    for f in fields(config):
+        if isinstance(f.type, str): _check_value(f.name, f.type, getattr(config, f.name))
 
 # %% ../nbs/00_core.ipynb #aa1c7706
 @dataclass(frozen=True)
@@ -39,6 +73,7 @@ class ScheduleConfig:
     beta_end: float = 0.02
 
     def __post_init__(self):
+        check_fields(self)
         if not (isinstance(self.num_train_timesteps, int) and self.num_train_timesteps >= 2):
             raise ValueError(f"num_train_timesteps must be an int >= 2, got {self.num_train_timesteps!r}")
         if not (0 < self.beta_start < self.beta_end < 1):
@@ -219,6 +254,7 @@ class UNetConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
+        check_fields(self)
         for name in ("block_out_channels", "down_block_types", "up_block_types"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.block_out_channels)
@@ -317,6 +353,7 @@ class SamplerConfig:
     clip_sample: bool = True
 
     def __post_init__(self):
+        check_fields(self)
         if self.sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
         if self.steps < 1:

@@ -17,6 +17,7 @@ from .baselines import (
     BlindSpotConfig, BlindSpotObjective, NegGradConfig, NegGradObjective, SAConfig, SalUnConfig, SalUnObjective,
     SAObjective, SOConfig, SOObjective, TSConfig, TSObjective)
 from .core import NoiseSchedule
+from .names import about
 from .objectives import (
     EraseDiffConfig, EraseDiffObjective, FinetuneConfig, FinetuneObjective, ForgetLossConfig, UnlearnConfig)
 from .train import Preset
@@ -43,31 +44,25 @@ class Method:
 _RELEASED_SHORT = dict(epochs=1, rounds=1, rem_num=50 * 128, batch_size=128, lr=1e-4, ema_decay=0.9999, p_uncond=0.1)
 
 METHODS: dict[str, Method] = {
-    "erasediff": Method("erasediff", EraseDiffConfig, EraseDiffObjective,
-                        "EraseDiff: L_r + lambda * (L_f(theta) - L_f(phi_K)), first-order bilevel (BOME)", label="EraseDiff"),
-    "finetune": Method("finetune", FinetuneConfig, FinetuneObjective, "Finetune on D_r only (EraseDiff with lambda = 0)",
-                       # cifar10: the released train_ft with cifar10_forget.yml (50 Adam steps, batch 128, lr 1e-4, EMA 0.9999)
-                       {"cifar10": dict(epochs=1, rounds=1, rem_num=50 * 128, batch_size=128, lr=1e-4, ema_decay=0.9999,
-                                        p_uncond=0.1)}, label="Finetune"),
-    "neggrad": Method("neggrad", NegGradConfig, NegGradObjective, "NegGrad: gradient ascent on the DDPM loss over D_f",
-                      {"cifar10": _RELEASED_SHORT, "digits": dict(lr=1e-5)}, label="NegGrad"),
-    "blindspot": Method("blindspot", BlindSpotConfig, BlindSpotObjective,
-                        "BlindSpot: distil a teacher trained from scratch on D_r (D_f) and the original (D_r)",
-                        {"cifar10": dict(_RELEASED_SHORT, teacher_steps=10_000, teacher_lr=2e-4),
-                         "digits": dict(teacher_steps=200, teacher_lr=2e-3)}, label="BlindSpot"),
-    "sa": Method("sa", SAConfig, SAObjective,
-                 "Selective Amnesia: surrogate U[-1, 1] images for the forgotten classes, generative replay, EWC (Fisher)",
-                 {"cifar10": dict(_RELEASED_SHORT, replay_per_class=500, replay_steps=100, fisher_images=1000),
-                  "digits": dict(lr=2e-3, ewc_lambda=10.0, replay_per_class=64, replay_steps=20, fisher_images=256)}, label="SA"),
-    "salun": Method("salun", SalUnConfig, SalUnObjective,
-                    "SalUn: the trajectory-deviation forget loss + alpha * L_r on the top-50% salient weights",
-                    {"cifar10": dict(epochs=1, rounds=1, rem_num=1000 * 128, batch_size=128, lr=1e-4, ema_decay=None,
-                                     p_uncond=0.1, alpha=1.0, mask_fraction=0.5),
-                     "digits": dict(alpha=1.0)}, label="SalUn"),
-    "so": Method("so", SOConfig, SOObjective, "SO: L_r + lambda * L_f in one step, no inner loop (ablation)",
-                 {"cifar10": dict(lam=0.1), "digits": dict(lam=0.3)}, label="SO"),
-    "ts": Method("ts", TSConfig, TSObjective, "TS: forget only (L_f), then finetune on D_r (ablation)",
-                 {"cifar10": dict(forget_fraction=0.5), "digits": dict(forget_fraction=0.3)}, label="TS"),
+    "erasediff": Method("erasediff", EraseDiffConfig, EraseDiffObjective, **about("erasediff")),
+    # cifar10: the released train_ft with cifar10_forget.yml (50 Adam steps, batch 128, lr 1e-4, EMA 0.9999)
+    "finetune": Method("finetune", FinetuneConfig, FinetuneObjective, **about("finetune"),
+                       defaults={"cifar10": dict(_RELEASED_SHORT)}),
+    "neggrad": Method("neggrad", NegGradConfig, NegGradObjective, **about("neggrad"),
+                      defaults={"cifar10": _RELEASED_SHORT, "digits": dict(lr=1e-5)}),
+    "blindspot": Method("blindspot", BlindSpotConfig, BlindSpotObjective, **about("blindspot"),
+                        defaults={"cifar10": dict(_RELEASED_SHORT, teacher_steps=10_000, teacher_lr=2e-4),
+                                  "digits": dict(teacher_steps=200, teacher_lr=2e-3)}),
+    "sa": Method("sa", SAConfig, SAObjective, **about("sa"),
+                 defaults={"cifar10": dict(_RELEASED_SHORT, replay_per_class=500, replay_steps=100, fisher_images=1000),
+                           "digits": dict(lr=2e-3, ewc_lambda=10.0, replay_per_class=64, replay_steps=20, fisher_images=256)}),
+    "salun": Method("salun", SalUnConfig, SalUnObjective, **about("salun"),
+                    defaults={"cifar10": dict(epochs=1, rounds=1, rem_num=1000 * 128, batch_size=128, lr=1e-4,
+                                              ema_decay=None, p_uncond=0.1, alpha=1.0, mask_fraction=0.5),
+                              "digits": dict(alpha=1.0)}),
+    "so": Method("so", SOConfig, SOObjective, **about("so"), defaults={"cifar10": dict(lam=0.1), "digits": dict(lam=0.3)}),
+    "ts": Method("ts", TSConfig, TSObjective, **about("ts"),
+                 defaults={"cifar10": dict(forget_fraction=0.5), "digits": dict(forget_fraction=0.3)}),
 }
 
 

@@ -22,21 +22,20 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from .core import (
-    all_mean, drop_labels, eps_loss, local_rows, mean_scalars, noise_and_timesteps, NoiseSchedule, null_label,
+    all_mean, check_fields, drop_labels, eps_loss, local_rows, mean_scalars, noise_and_timesteps, NoiseSchedule, null_label,
     num_classes, q_sample)
 from .data import ImageSet, InfiniteBatches
+from .names import FORGET_LOSSES, PSEUDO_LABELS
 from .train import LoopConfig
 
 # %% auto #0
-__all__ = ['FORGET_LOSSES', 'FORGET_NOISES', 'PSEUDO_LABELS', 'LAMBDA_RULES', 'Q_ESTIMATES', 'UnlearnConfig', 'ForgetLossConfig',
-           'EraseDiffConfig', 'FinetuneConfig', 'forget_noise', 'posterior_mean', 'allowed_pseudo_classes',
-           'pseudo_labels', 'select_params', 'PairedBatches', 'forgotten_classes', 'adaptive_lambda',
-           'FinetuneObjective', 'ForgetObjective', 'EraseDiffObjective']
+__all__ = ['FORGET_NOISES', 'LAMBDA_RULES', 'Q_ESTIMATES', 'UnlearnConfig', 'ForgetLossConfig', 'EraseDiffConfig',
+           'FinetuneConfig', 'forget_noise', 'posterior_mean', 'allowed_pseudo_classes', 'pseudo_labels',
+           'select_params', 'PairedBatches', 'forgotten_classes', 'adaptive_lambda', 'FinetuneObjective',
+           'ForgetObjective', 'EraseDiffObjective']
 
 # %% ../nbs/03_objectives.ipynb #599a4ed4
-FORGET_LOSSES = ("deviate", "uniform", "gaussian", "retarget")
 FORGET_NOISES = ("uniform", "gaussian")          # the noise targets of the first version's forget losses
-PSEUDO_LABELS = ("per_class", "per_sample", "per_batch")
 LAMBDA_RULES = ("auto", "auto_cos")
 Q_ESTIMATES = ("round", "paired")
 
@@ -60,6 +59,7 @@ class UnlearnConfig:
     params: tuple[str, ...] = ()             # regexes over model.named_parameters(); () = all parameters
 
     def __post_init__(self):
+        check_fields(self)
         object.__setattr__(self, "params", tuple([self.params] if isinstance(self.params, str) else self.params))
         for k in ("epochs", "rounds", "rem_num", "batch_size"):
             v = getattr(self, k)

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .accuracy import forgetting_probe, guidance_scales, sample_accuracy
-from .core import NoiseSchedule, num_classes
+from .core import check_fields, NoiseSchedule, num_classes
 from .data import InfiniteBatches, make_splits
 from .evaluate import evaluate_checkpoint, summarize_seeds
 from .measures import _get
@@ -63,6 +63,7 @@ class RelearnConfig:
     n_per_class: int = 12
 
     def __post_init__(self):
+        check_fields(self)
         for k in ("n_images", "steps", "n_per_class"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 raise ValueError(f"relearn {k} must be an int >= 1, got {getattr(self, k)!r}")
@@ -92,6 +93,7 @@ class ReproduceConfig:
     jobs: Optional[int] = None                 # worker processes (default: see `n_jobs`)
 
     def __post_init__(self):
+        check_fields(self)
         get_preset(self.preset)                                            # unknown preset -> ValueError
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"seeds must be an int >= 1, got {self.seeds!r}")

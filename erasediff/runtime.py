@@ -11,6 +11,8 @@ Docs: https://erasediff.github.io/erasediff/runtime.html.md"""
 from __future__ import annotations
 
 import ctypes
+import errno
+import glob
 import hashlib
 import json
 import math
@@ -32,9 +34,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from .core import ScheduleConfig
 
 # %% auto #0
-__all__ = ['atomic_write_bytes', 'finite_json', 'atomic_write_json', 'atomic_dir', 'sha256_path', 'save_weights', 'save_unet',
-           'unet_config_path', 'load_unet', 'check_schedule', 'check_device', 'measure', 'ResultsInUseError',
-           'lock_folder', 'die_with_parent', 'default_device', 'eval_mode', 'weights_sha256']
+__all__ = ['atomic_write_bytes', 'finite_json', 'atomic_write_json', 'stale_siblings', 'atomic_dir', 'sha256_path',
+           'save_weights', 'save_unet', 'unet_config_path', 'check_unet_folder', 'load_unet', 'check_schedule',
+           'check_device', 'measure', 'ResultsInUseError', 'release_lock', 'lock_folder', 'check_out', 'claim_output',
+           'die_with_parent', 'default_device', 'eval_mode', 'weights_sha256']
 
 # %% ../nbs/00a_runtime.ipynb #08a5cb29
 def _umask() -> int:
@@ -84,27 +87,62 @@ def atomic_write_json(path: Path | str, obj) -> Path:
     return atomic_write_bytes(path, (json.dumps(clean, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n").encode())
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths `a` and `b` in one step (Linux `renameat2` with RENAME_EXCHANGE): no moment without either. False
+    where the system or the file system cannot (the caller then renames twice)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    if fn(AT_FDCWD, os.fsencode(str(a)), AT_FDCWD, os.fsencode(str(b)), RENAME_EXCHANGE) == 0: return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP): return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _temp_sibling(path: Path, kind: str = "") -> str:
+    "The name prefix of this process's temporary siblings of `path` (`.NAME.PID.` ... `.tmp`: see `stale_siblings`)."
+    return f".{path.name}.{os.getpid()}.{kind}"
+
+
+def stale_siblings(path: Path | str) -> list[Path]:
+    "The temporary siblings of `path` that writers of it leave when killed (`.NAME.<pid>.<...>.tmp`)."
+    path = Path(path)
+    pat = re.compile(rf"^\.{re.escape(path.name)}\.\d+\..*\.tmp$")
+    return sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if pat.match(p.name)) if path.parent.exists() else []
+
+
+def _commit_dir(tmp: Path, path: Path) -> None:
+    "Put the finished folder `tmp` at `path`, atomically; the folder it replaces is deleted afterwards."
+    if path.exists() and _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)          # after the exchange `tmp` holds the old folder
+        return
+    old = path.with_name(_temp_sibling(path, "old.tmp"))
+    if path.exists(): os.replace(path, old)             # killed right here: `claim_output` puts `old` back
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(path: Path | str, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` (the old one is removed only
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one step (the old one is removed only
     after the new one is in place). On error the temporary folder is deleted and `path` is untouched. The folder
-    gets the mode `mkdir` would give (0o777 less the umask)."""
+    gets the mode `mkdir` would give (0o777 less the umask). Two writers of one `path` must hold its lock
+    (`claim_output`); a killed writer's temporary folder is cleared by the next claim."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_sibling(path), suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())                   # as mkdir would make it, not mkdtemp's private 0o700
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(f".{path.name}.old")
-    if old.exists(): shutil.rmtree(old)
-    if path.exists(): os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    _commit_dir(tmp, path)
 
 
 def sha256_path(path: Path | str) -> str:
@@ -127,12 +165,17 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def save_weights(model: nn.Module, folder: Path | str) -> None:
     """`model.save_pretrained(folder)` in safetensors, refused (ValueError, nothing written) when a weight is NaN or
     infinite: a diverged run never becomes a checkpoint. The files get the modes a plain write would give (0o666 less
-    the umask), not safetensors' private 0o600."""
+    the umask), not safetensors' private 0o600, and config.json does not keep `_name_or_path` (where the weights were
+    loaded from: a path of the machine that made them)."""
     bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"refusing to save non-finite weights ({len(bad)} tensor(s), e.g. {bad[0]!r}): the run diverged; "
                          "lower the learning rate (CLI: --lr) or raise the gradient clipping")
     model.save_pretrained(folder, safe_serialization=True)
+    cfg = Path(folder) / "config.json"
+    if cfg.exists():
+        d = json.loads(cfg.read_text())
+        if d.pop("_name_or_path", None) is not None: cfg.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
     for f in Path(folder).rglob("*"):
         if f.is_file(): f.chmod(0o666 & ~_umask())
 
@@ -150,28 +193,50 @@ def unet_config_path(folder: Path | str) -> Path:
     return p / "unet" / "config.json" if (p / "unet" / "config.json").exists() else p / "config.json"
 
 
-def load_unet(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> UNet2DModel:
-    "Load a diffusers UNet2DModel from a local folder (model or pipeline with `unet/`) or a hub name."
+def check_unet_folder(folder: Path | str, allow_pickle: bool = False, what: str = "checkpoint") -> Path:
+    """The config.json of the diffusers UNet folder `folder` (a model folder, or a pipeline folder with `unet/`), or a
+    clear error before anything is loaded: not a folder, no config, another model class (e.g. a classifier), no weights,
+    or weights only in a pickled `.bin` file without `allow_pickle` (unpickling runs whatever code the file holds)."""
+    p = Path(folder)
+    if not p.exists(): raise FileNotFoundError(f"{what} {p} not found")
+    if not p.is_dir(): raise ValueError(f"{what} {p} is a file; expected a diffusers folder with config.json")
+    cfg = unet_config_path(p)
+    if not cfg.exists():
+        raise FileNotFoundError(f"{what} folder {p} has no config.json (nor unet/config.json): not a diffusers UNet")
+    try: cls = json.loads(cfg.read_text()).get("_class_name")
+    except (ValueError, AttributeError) as e: raise ValueError(f"{what} {cfg} is not a JSON config ({e})") from None
+    if cls != "UNet2DModel":
+        raise ValueError(f"{what} {p} holds a {cls!r}, not a diffusion UNet (UNet2DModel); give a UNet folder "
+                         "(e.g. OUT/unet of `erasediff unlearn`, or a shipped unscrubbed/retrain model)")
+    if not any(cfg.parent.glob("*.safetensors")):
+        if not any(cfg.parent.glob("*.bin")):
+            raise FileNotFoundError(f"{what} {p} has no weights (no .safetensors file)")
+        if not allow_pickle:
+            raise ValueError(f"{what} {p} holds pickled weights (.bin) only: loading them runs any code the file "
+                             "contains, so they are refused; convert the folder to safetensors, or pass "
+                             "allow_pickle=True (CLI: --allow-pickle) if you trust its source")
+    return cfg
+
+
+def load_unet(name_or_path: str | Path, *, device: str | torch.device = "cpu", allow_pickle: bool = False) -> UNet2DModel:
+    """Load a diffusers UNet2DModel from a local folder (model or pipeline with `unet/`, checked by `check_unet_folder`)
+    or a hub name. Weights come from safetensors only, unless `allow_pickle` (pickled `.bin` files can run code)."""
     p = Path(name_or_path)
+    safe = True if not allow_pickle else None               # None: safetensors when present, else the .bin
     if p.exists():
-        if not p.is_dir():
-            raise ValueError(f"checkpoint {p} is a file; expected a diffusers folder with config.json")
-        cfg = unet_config_path(p)
-        sub = "unet" if cfg.parent != p else None
-        if not cfg.exists():
-            raise FileNotFoundError(f"checkpoint folder {p} has no config.json (nor unet/config.json): not a diffusers UNet")
+        cfg = check_unet_folder(p, allow_pickle)
         try:
-            model = UNet2DModel.from_pretrained(p, subfolder=sub)
+            model = UNet2DModel.from_pretrained(p, subfolder="unet" if cfg.parent != p else None, use_safetensors=safe)
         except Exception as e:
-            raise ValueError(f"checkpoint {p} could not be loaded (corrupt or incomplete?): {e}") from e
+            raise ValueError(f"checkpoint {p} could not be loaded (corrupt or incomplete?): {e}") from None
     elif _HUB_NAME.match(str(name_or_path)) and not str(name_or_path).startswith((".", "/")):
-        try:
-            model = UNet2DModel.from_pretrained(str(name_or_path), subfolder=None)
-        except Exception:
-            try:
-                model = UNet2DModel.from_pretrained(str(name_or_path), subfolder="unet")
-            except Exception as e:
-                raise OSError(f"could not load {name_or_path!r} from the Hugging Face hub (offline, or not a UNet repo?): {e}") from e
+        model = None
+        for sub in (None, "unet"):
+            try: model = UNet2DModel.from_pretrained(str(name_or_path), subfolder=sub, use_safetensors=safe); break
+            except Exception as e: why = str(e).strip().splitlines()[0][:200]
+        if model is None:
+            raise OSError(f"checkpoint {name_or_path!r} could not be loaded from the Hugging Face hub (offline, not a "
+                          f"UNet repo, or no safetensors weights: {why}); download it and pass its folder") from None
     else:
         raise FileNotFoundError(f"checkpoint {name_or_path} not found (neither a local folder nor a hub name 'owner/name')")
     return model.to(device).eval()
@@ -221,6 +286,8 @@ def check_device(device: str | torch.device) -> torch.device:
     try: d = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device {device!r} is not a device name (e.g. 'cpu', 'cuda', 'cuda:1'): {e}") from None
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: models run on 'cpu', 'cuda[:N]' or 'mps', not on {d.type!r}")
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(d)!r}: CUDA is not available (torch {torch.__version__}, "
@@ -252,23 +319,83 @@ def measure(device: str | torch.device | None = None) -> Iterator[dict]:
 
 # %% ../nbs/00a_runtime.ipynb #f60930f8
 class ResultsInUseError(FileExistsError):
-    "Another process holds the folder's lock (`lock_folder`)."
+    "Another process holds the folder's lock (`lock_folder`, `claim_output`)."
+
+
+def _take_lock(file: Path, busy: str):
+    """Hold an exclusive lock on `file` (created if missing; released by the OS when the process ends, killed or not)
+    and return its handle; `ResultsInUseError(busy)` when another process holds it. The lock is on the file that is at
+    `file` now: a holder may delete it before releasing (`release_lock`), and a process that opened the deleted one
+    tries again."""
+    while True:
+        fh = open(file, "a+")
+        try:
+            import fcntl   # deferred: POSIX only; the lock is the one place that needs it
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError: return fh                           # no fcntl (Windows): no lock
+        except OSError:
+            fh.close()
+            raise ResultsInUseError(busy) from None
+        try:
+            if os.stat(file).st_ino == os.fstat(fh.fileno()).st_ino: return fh
+        except FileNotFoundError: pass
+        fh.close()                                              # the holder before us deleted it: lock the new one
+
+
+def release_lock(fh, file: Optional[Path] = None) -> None:
+    "Release a lock of `_take_lock`, deleting its file first when given (nothing is left beside the results)."
+    if file is not None: Path(file).unlink(missing_ok=True)
+    fh.close()
 
 
 def lock_folder(out: Path, name: str = ".lock", who: str = "erasediff"):
     """Hold the lock file `out/name` (released by the OS when the process ends, killed or not) and return its handle
     (close it to release); a second writer gets a `ResultsInUseError` naming `who` holds it."""
     out.mkdir(parents=True, exist_ok=True)
-    fh = open(out / name, "a+")
+    return _take_lock(out / name, f"another `{who}` is writing to {out} (lock {out / name} is held); wait for it to "
+                                  "finish or give another --out")
+
+
+def check_out(out: Path | str, flag: str = "out") -> Path:
+    """`out` as a Path, or a ValueError naming `flag` when no result can be written there, before any work: the current
+    folder or one of its parents (replacing it would delete what the user is working in), an existing file, a path
+    under a file, or a place nothing can be created in (read-only, /proc, ...: tried with a probe folder, removed)."""
+    if out is None or str(out).strip() == "":
+        raise ValueError(f"{flag}: expected a folder for the results, got {out!r}")
+    out = Path(out)
+    full, cwd = out.resolve(), Path.cwd().resolve()
+    if full == cwd or full in cwd.parents:
+        raise ValueError(f"{flag}: {out} is the current folder or one of its parents; give a new folder for the results "
+                         "(e.g. runs/my-run)")
+    if full.exists() and not full.is_dir():
+        raise ValueError(f"{flag}: {out} is a file; give a folder")
+    anc = next(p for p in [full, *full.parents] if p.exists())
+    if not anc.is_dir():
+        raise ValueError(f"{flag}: {anc} is a file, so {out} cannot be created under it")
     try:
-        import fcntl   # deferred: POSIX only; the lock is the one place that needs it
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError: pass                                   # no fcntl (Windows): no lock
-    except OSError:
-        fh.close()
-        raise ResultsInUseError(f"another `{who}` is writing to {out} (lock {out / name} is held); wait for it to "
-                                "finish or give another --out")
-    return fh
+        Path(tempfile.mkdtemp(dir=anc, prefix=".erasediff-probe.")).rmdir()
+    except OSError as e:
+        raise ValueError(f"{flag}: nothing can be written under {anc} ({e.strerror or e}); give a writable folder") from None
+    return out
+
+
+@contextmanager
+def claim_output(out: Path | str, *, who: str = "erasediff", flag: str = "out") -> Iterator[Path]:
+    """Hold the lock of the output folder `out` for the block (a second writer gets a clear `ResultsInUseError`), after
+    `check_out`. On entry, what a killed writer of `out` left is cleared: temporary siblings are deleted, and a folder
+    moved aside by an interrupted replacement is put back. The lock file `.NAME.lock` beside `out` is deleted on exit."""
+    out = check_out(out, flag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    fh = _take_lock(lock, f"{flag}: another erasediff run is writing to {out} (lock {lock} is held); wait for it to "
+                          f"finish or give another {flag}")
+    try:
+        for p in stale_siblings(out):
+            if p.name.endswith(".old.tmp") and not out.exists(): os.replace(p, out)   # killed between two renames
+            else: shutil.rmtree(p) if p.is_dir() else p.unlink()
+        yield out
+    finally:
+        release_lock(fh, lock)
 
 
 def die_with_parent(parent: int) -> None:

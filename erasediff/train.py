@@ -33,19 +33,20 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .core import (
-    all_mean, batch_shard, data_parallel, eps_loss, generate, is_main_process, local_rows, make_ema, make_unet,
+    all_mean, batch_shard, check_fields, data_parallel, eps_loss, generate, is_main_process, local_rows, make_ema, make_unet,
     mean_scalars, NoiseSchedule, num_classes, SamplerConfig, ScheduleConfig, UNetConfig)
 from .data import (
     _torchvision, DATASETS, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root)
+from .names import WHAT
 from .runtime import (
     atomic_dir, atomic_write_bytes, atomic_write_json, default_device, measure, save_weights, sha256_path)
 
 # %% auto #0
-__all__ = ['CLASSIFIERS', 'PRESETS', 'WHAT', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
-           'NonFiniteLossError', 'FitResult', 'check_data_parallel', 'fit', 'DigitsClassifier', 'ResNetClassifier',
-           'predict', 'accuracy', 'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset',
-           'sample_grid', 'show_grid', 'save_grid', 'save_png', 'train_reference', 'data_dir', 'read_manifest',
-           'reference_path', 'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
+__all__ = ['CLASSIFIERS', 'PRESETS', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig', 'NonFiniteLossError',
+           'FitResult', 'check_data_parallel', 'fit', 'DigitsClassifier', 'ResNetClassifier', 'predict', 'accuracy',
+           'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid',
+           'show_grid', 'save_grid', 'save_png', 'train_reference', 'data_dir', 'read_manifest', 'reference_path',
+           'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -111,6 +112,7 @@ class LoopConfig:
     sample_every: int = 0
 
     def __post_init__(self):
+        check_fields(self)
         for k in ("steps", "batch_size"):
             if getattr(self, k) < 1: raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not self.lr > 0: raise ValueError(f"lr must be > 0, got {self.lr}")
@@ -329,6 +331,7 @@ class ClassifierConfig:
                                   ema_decay=None, ckpt_every=0)
 
     def __post_init__(self):
+        check_fields(self)
         if self.arch not in CLASSIFIERS:
             raise ValueError(f"classifier arch must be one of {sorted(CLASSIFIERS)}, got {self.arch!r}")
 
@@ -433,9 +436,6 @@ def save_png(fig, path: Path | str, dpi: int = 100) -> Path:
     "Write a matplotlib figure to `path` as a PNG (tight bounding box), atomically."
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
-
-
-WHAT = ("unscrubbed", "retrain", "classifier", "unconditional")
 
 
 def _seed_everything(seed: int) -> None:
