@@ -1,5 +1,6 @@
 """A thin CLI over the library: `erasediff train`, `erasediff unlearn`, `erasediff evaluate`,
-`erasediff reproduce`, `erasediff presets`. Every argument is checked before any work starts.
+`erasediff reproduce`, `erasediff presets`. Every argument is checked before any work starts, a mistake is one line
+naming its flag (exit code 2), and `--help` answers at once: the library is imported only after parsing.
 
 Docs: https://erasediff.github.io/erasediff/cli.html.md"""
 
@@ -11,67 +12,74 @@ from __future__ import annotations
 import argparse
 import builtins
 import json
+import math
+import re
 import shlex
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from types import SimpleNamespace
+from typing import Callable, Optional, Sequence
 
-from .core import is_main_process, NoiseSchedule
-from .data import ForgetSpec
-from .evaluate import evaluate_checkpoint
-from .figures import reproduce_figures
-from .methods import METHODS
-from .reproduce import RelearnConfig, reproduce, ReproduceConfig
-from .train import (
-    class_recognition, class_shares, get_preset, load_reference, PRESETS, ship_reference, train_reference)
-from .unlearn import unlearn
+from .names import FORGET_LOSSES, METHOD_NAMES, PRESET_NAMES, PSEUDO_LABELS, WHAT
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['build_parser', 'UsageError', 'main']
+
+# %% ../nbs/15_cli.ipynb #8c295d14
+def _lib() -> SimpleNamespace:
+    """The library, imported once the command line is parsed and checked: torch and diffusers take seconds to import,
+    and `--help` or a mistyped flag should answer at once (the one reason for imports inside a function here)."""
+    from erasediff import core, evaluate, figures, reproduce, train, unlearn
+    return SimpleNamespace(core=core, evaluate=evaluate, figures=figures, reproduce=reproduce, train=train, unlearn=unlearn)
 
 # %% ../nbs/15_cli.ipynb #3aa3a40d
 def _print_main(result: dict) -> None:
     "Print a command's result as JSON, once: under `accelerate launch` only rank 0 prints."
-    if is_main_process(): print(json.dumps(result, indent=2, default=str))
+    if _lib().core.is_main_process(): print(json.dumps(result, indent=2, default=str))
+
+
+def _train_quality(L, args, preset, res) -> dict:
+    "What --eval / --ship record of a trained model: test accuracy, recognition of CFG samples, or class shares."
+    if args.what == "classifier": return {"test_accuracy": round(res.cost["test_accuracy"], 4)}
+    if not (args.ship or args.eval): return {}
+    clf = L.train.load_reference(preset.name, "classifier")
+    schedule = L.core.NoiseSchedule(preset.schedule)
+    if args.what == "unconditional":
+        n = 10 * preset.eval_per_class
+        shares = L.train.class_shares(res.model, clf, schedule, preset.sampler, n, progress=not args.quiet)
+        _, labels = preset.load_data()[0].tensors()
+        data = {c: float((labels == c).float().mean()) for c in shares}
+        return {"class_shares": {str(c): round(v, 4) for c, v in shares.items()},
+                "data_shares": {str(c): round(v, 4) for c, v in data.items()},
+                "max_share_gap": round(max(abs(shares[c] - data[c]) for c in shares), 4), "n": n,
+                "sampler": asdict(preset.sampler)}
+    rec = L.train.class_recognition(res.model, clf, schedule, preset.sampler, preset.eval_per_class, progress=not args.quiet)
+    return {"recognition_per_class": {str(k): round(v, 4) for k, v in rec.items()},
+            "recognition_mean": round(sum(rec.values()) / len(rec), 4), "n_per_class": preset.eval_per_class,
+            "sampler": asdict(preset.sampler)}
 
 
 def _cmd_train(args) -> int:
-    preset = get_preset(args.preset, **({"device": args.device} if args.device else {})).with_data_root(args.data_root)
-    res = train_reference(preset, args.what, args.out, forget_classes=args.forget, resume=args.resume,
-                          overwrite=args.overwrite, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    L = _lib()
+    preset = L.train.get_preset(args.preset).with_data_root(args.data_root)
+    if args.ship or args.eval: L.train.reference_path(preset.name, "classifier")   # needed at the end: checked first
+    res = L.train.train_reference(preset, args.what, args.out, forget_classes=args.forget, resume=args.resume,
+                                  overwrite=args.overwrite, steps=args.steps, seed=args.seed, progress=not args.quiet,
+                                  device=args.device)
     summary = {"out": str(args.out), "wall_s": round(res.cost["wall_s"], 1), "final_loss": res.history[-1]["loss"]}
-    quality: dict = {}
-    if args.what == "classifier":
-        quality["test_accuracy"] = round(res.cost["test_accuracy"], 4)
-    elif args.what == "unconditional" and (args.ship or args.eval):
-        clf = load_reference(preset.name, "classifier")
-        n = 10 * preset.eval_per_class
-        shares = class_shares(res.model, clf, NoiseSchedule(preset.schedule), preset.sampler, n, progress=not args.quiet)
-        _, labels = preset.load_data()[0].tensors()
-        data = {c: float((labels == c).float().mean()) for c in shares}
-        quality = {"class_shares": {str(c): round(v, 4) for c, v in shares.items()},
-                   "data_shares": {str(c): round(v, 4) for c, v in data.items()},
-                   "max_share_gap": round(max(abs(shares[c] - data[c]) for c in shares), 4), "n": n,
-                   "sampler": asdict(preset.sampler)}
-    elif args.ship or args.eval:
-        clf = load_reference(preset.name, "classifier")
-        rec = class_recognition(res.model, clf, NoiseSchedule(preset.schedule), preset.sampler, preset.eval_per_class,
-                                progress=not args.quiet)
-        quality = {"recognition_per_class": {str(k): round(v, 4) for k, v in rec.items()},
-                   "recognition_mean": round(sum(rec.values()) / len(rec), 4), "n_per_class": preset.eval_per_class,
-                   "sampler": asdict(preset.sampler)}
+    quality = _train_quality(L, args, preset, res)
     summary.update(quality)
-    if not is_main_process(): return 0           # under `accelerate launch`: every process trained and sampled, one writes
+    if not L.core.is_main_process(): return 0     # under `accelerate launch`: every process trained and sampled, one writes
     if args.ship:
         command = "erasediff " + " ".join(shlex.quote(a) for a in args.argv)
-        summary["manifest"] = ship_reference(args.out, preset.name, args.what, command, quality=quality)
+        summary["manifest"] = L.train.ship_reference(args.out, preset.name, args.what, command, quality=quality)
     _print_main(summary)
     return 0
 
 
 def _cmd_presets(args) -> int:
-    for name, p in PRESETS.items():
+    for name, p in _lib().train.PRESETS.items():
         print(f"{name}: dataset={p.dataset} image={p.unet.sample_size}x{p.unet.sample_size}x{p.unet.channels} "
               f"classes={p.unet.num_classes} steps={p.train.steps} batch={p.train.batch_size} device={p.device} "
               f"forget={list(p.forget_classes)}")
@@ -84,122 +92,178 @@ def _value(text: str):
     except json.JSONDecodeError: return text
 
 
+_CONFIG_FLAGS = ("lam", "K", "epochs", "rounds", "lr", "rem_num", "batch_size", "forget_loss", "pseudo_label", "retarget_pool")
+
+
 def _overrides(args) -> dict:
-    over = {k: getattr(args, k) for k in ("lam", "K", "epochs", "rounds", "lr", "rem_num", "batch_size", "forget_loss",
-                                          "pseudo_label", "retarget_pool") if getattr(args, k, None) is not None}
-    if "lam" in over and over["lam"] not in ("auto", "auto_cos"):
-        try: lam = float(over["lam"])
-        except ValueError: lam = float("nan")
-        if not lam >= 0 or lam == float("inf"):
-            raise ValueError(f"--lam: expected a number >= 0, 'auto' or 'auto_cos', got {over['lam']!r}")
-        over["lam"] = lam
+    "The method config's fields given on the command line: the dedicated flags, then `--set NAME=VALUE` (once each)."
+    over = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k, None) is not None}
     for item in args.set or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects name=value, got {item!r}")
-        k, v = item.split("=", 1)
-        over[k.strip()] = _value(v)
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ValueError(f"--set: expected NAME=VALUE, got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k in over:
+            raise ValueError(f"--set: {k} is given twice (also by {_flag_of(k, 'unlearn')})")
+        over[k] = _value(v)
     return over
 
 
 def _cmd_unlearn(args) -> int:
-    preset = get_preset(args.preset).with_data_root(args.data_root)
-    given = [x for x in (args.forget, args.forget_attribute, args.forget_ids) if x]
-    if len(given) > 1:
-        raise ValueError("give only one of --forget, --forget-attribute, --forget-ids")
-    spec = (ForgetSpec(attribute=args.forget_attribute) if args.forget_attribute else
-            ForgetSpec(ids=tuple(args.forget_ids)) if args.forget_ids else
-            ForgetSpec(classes=tuple(args.forget or preset.forget_classes)))
-    m = unlearn(preset, spec, args.out, checkpoint=args.checkpoint, config=_overrides(args) or None, seed=args.seed,
-                overwrite=args.overwrite, progress=not args.quiet, method=args.method,
-                eval_per_class=args.eval_per_class, device=args.device)
+    L = _lib()
+    preset = L.train.get_preset(args.preset).with_data_root(args.data_root)
+    spec = (L.unlearn.ForgetSpec(attribute=args.forget_attribute) if args.forget_attribute else
+            L.unlearn.ForgetSpec(ids=tuple(args.forget_ids)) if args.forget_ids else
+            L.unlearn.ForgetSpec(classes=tuple(args.forget or preset.forget_classes)))
+    m = L.unlearn.unlearn(preset, spec, args.out, checkpoint=args.checkpoint, config=_overrides(args) or None,
+                          seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, method=args.method,
+                          eval_per_class=args.eval_per_class, device=args.device, allow_pickle=args.allow_pickle)
     _print_main(m)
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    preset = get_preset(args.preset).with_data_root(args.data_root) if args.data_root else args.preset
-    m = evaluate_checkpoint(args.checkpoint, preset, reference_retrain=args.reference_retrain, out=args.out,
-                            n_per_class=args.n_per_class, seed=args.seed, overwrite=args.overwrite,
-                            progress=not args.quiet, inception_weights=args.inception_weights, device=args.device)
+    L = _lib()
+    preset = L.train.get_preset(args.preset).with_data_root(args.data_root)
+    m = L.evaluate.evaluate_checkpoint(args.checkpoint, preset, reference_retrain=args.reference_retrain, out=args.out,
+                                       n_per_class=args.n_per_class, seed=args.seed, overwrite=args.overwrite,
+                                       progress=not args.quiet, inception_weights=args.inception_weights,
+                                       device=args.device, allow_pickle=args.allow_pickle, forget=args.forget)
     _print_main(m)
     return 0
 
+
 def _cmd_reproduce(args) -> int:
+    L = _lib()
+    R = L.reproduce
     rl = {k: v for k, v in (("n_images", args.relearn_images), ("steps", args.relearn_steps)) if v is not None}
-    cfg = ReproduceConfig(preset=args.preset, seeds=args.seeds, n_per_class=args.n_per_class, sweep=not args.no_sweep,
-                          relearn=replace(RelearnConfig(), **rl), device=args.device, jobs=args.jobs,
-                          data_root=str(args.data_root) if args.data_root else None,
-                          **({"methods": tuple(args.methods)} if args.methods else {}))
-    s = reproduce(cfg, args.out, progress=not args.quiet)
-    if not args.no_figures: reproduce_figures(Path(s["out"]), cfg, progress=not args.quiet)
+    cfg = R.ReproduceConfig(preset=args.preset, seeds=args.seeds, n_per_class=args.n_per_class, sweep=not args.no_sweep,
+                            relearn=replace(R.RelearnConfig(), **rl), device=args.device, jobs=args.jobs,
+                            data_root=str(args.data_root) if args.data_root else None,
+                            **({"methods": tuple(args.methods)} if args.methods else {}))
+    s = R.reproduce(cfg, args.out, progress=not args.quiet)
+    if not args.no_figures: L.figures.reproduce_figures(Path(s["out"]), cfg, progress=not args.quiet)
     print((Path(s["out"]) / "table.md").read_text())
     print(json.dumps({"out": s["out"], "jobs": s["jobs"], "stages_computed": len(s["computed"]),
                       "stages_reused": len(s["reused"]), "wall_s": round(s["wall_s"], 1)}, indent=2))
     return 0
 
+# %% ../nbs/15_cli.ipynb #14c9055c
+def _int_in(lo: int, hi: Optional[int] = None) -> Callable[[str], int]:
+    "An argparse type: an integer in [lo, hi] (argparse names the flag in its error)."
+    def parse(text: str) -> int:
+        try: v = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _learning_rate(text: str) -> float:
+    "An argparse type: a learning rate, a number in (0, 1] (Adam's steps are about the rate: 1 is already huge)."
+    try: v = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and 0 < v <= 1): raise argparse.ArgumentTypeError(f"expected a learning rate in (0, 1], got {text!r}")
+    return v
+
+
+def _lam(text: str):
+    "An argparse type for --lam: a finite number >= 0, 'auto' (BOME's rule) or 'auto_cos' (the released code's)."
+    if text in ("auto", "auto_cos"): return text
+    try: v = float(text)
+    except ValueError: v = float("nan")
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, 'auto' or 'auto_cos', got {text!r}")
+    return v
+
+
+def _device(text: str) -> str:
+    "An argparse type: a device name (whether it is there is checked before any work, once torch is imported)."
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def _folder(text: str) -> Path:
+    "An argparse type: a folder path (not an existing file, not empty)."
+    if not text.strip(): raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    if Path(text).is_file(): raise argparse.ArgumentTypeError(f"{text} is a file; expected a folder")
+    return Path(text)
+
+
+_SEED = _int_in(0, 2**32 - 1)
+_COUNT = _int_in(1)
+
 # %% ../nbs/15_cli.ipynb #c4c94441
 _DATA_ROOT_HELP = ("folder holding the dataset's files (torchvision layout; default ~/.cache/erasediff, "
                   "downloaded there when missing); not for the built-in digits")
+_PICKLE_HELP = ("also load pickled .bin weights (refused by default: unpickling runs any code the file holds; use only "
+                "for a checkpoint you trust)")
 
 
 def _add_run_flags(p, *, seed: Optional[int] = 0, seed_help: Optional[str] = None,
-                   overwrite_help: str = "replace an existing --out") -> None:
-    "The flags of every subcommand that makes a run: --seed, --device, --data-root, --overwrite, --quiet."
-    p.add_argument("--seed", type=int, default=seed, help=seed_help)
-    p.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
-    p.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
+                   overwrite_help: str = "replace an existing --out (once the new result is complete)") -> None:
+    "The flags of every subcommand that makes a run: --seed, --device, --data-root, --overwrite, --quiet, --debug."
+    p.add_argument("--seed", type=_SEED, default=seed, help=seed_help)
+    p.add_argument("--device", type=_device, default=None, help="cpu | cuda[:N] | mps (default: the preset's)")
+    p.add_argument("--data-root", type=_folder, default=None, help=_DATA_ROOT_HELP)
     p.add_argument("--overwrite", action="store_true", help=overwrite_help)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
 
 
 def _add_train(sub) -> None:
     "Add the `train` subcommand."
     t = sub.add_parser("train", help="train a reference model (unscrubbed / retrain) or the evaluation classifier")
-    t.add_argument("--preset", default="digits", help="preset name (see `erasediff presets`)")
-    t.add_argument("--what", required=True, choices=["unscrubbed", "retrain", "classifier", "unconditional"],
+    t.add_argument("--preset", default="digits", choices=PRESET_NAMES, help="preset name (see `erasediff presets`)")
+    t.add_argument("--what", required=True, choices=WHAT,
                    help="unscrubbed: class-conditional on all of D; retrain: on D_r only; classifier: the evaluation "
                         "classifier; unconditional: the same UNet without class embedding, on all of D")
-    t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, history, samples)")
+    t.add_argument("--out", required=True, type=_folder, help="run folder (checkpoints, history, samples)")
     t.add_argument("--forget", nargs="+", default=None, help="forget classes for --what retrain (default: the preset's)")
-    t.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    t.add_argument("--steps", type=_COUNT, default=None, help="override the preset's number of steps")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--eval", action="store_true", help="measure the classifier's recognition of CFG samples")
     t.add_argument("--ship", action="store_true", help="copy the model into data/ and record it in data/manifest.json")
-    _add_run_flags(t, seed=None, seed_help="override the preset's seed", overwrite_help="replace an existing run folder")
+    _add_run_flags(t, seed=None, seed_help="override the preset's seed",
+                   overwrite_help="train again and replace the run in --out once the new one is complete")
     t.set_defaults(func=_cmd_train)
 
 
 def _add_unlearn(sub) -> None:
     "Add the `unlearn` subcommand: every option of `erasediff.unlearn.unlearn`."
     u = sub.add_parser("unlearn", help="make a diffusion model forget classes, an attribute or samples")
-    u.add_argument("--preset", "--dataset", dest="preset", default="digits",
+    u.add_argument("--preset", "--dataset", dest="preset", default="digits", choices=PRESET_NAMES,
                    help="preset name, which is its dataset's (see `erasediff presets`)")
     u.add_argument("--forget", "--forget-class", dest="forget", nargs="+", default=None,
                    help="classes to forget, ids or names (default: the preset's)")
     u.add_argument("--forget-attribute", default=None, help="forget every image with this attribute (e.g. CelebA's Eyeglasses)")
-    u.add_argument("--forget-ids", nargs="+", type=int, default=None, help="forget these training-set sample ids")
-    u.add_argument("--out", required=True, type=Path, help="output folder (unet/, README.md model card, metrics.json)")
+    u.add_argument("--forget-ids", nargs="+", type=_int_in(0), default=None, help="forget these training-set sample ids")
+    u.add_argument("--out", required=True, type=_folder, help="output folder (unet/, README.md model card, metrics.json)")
     u.add_argument("--checkpoint", default=None, help="diffusers UNet folder or hub name (default: the shipped Unscrubbed model)")
-    u.add_argument("--method", default="erasediff", choices=sorted(METHODS),
-                   help="unlearning method: " + "; ".join(f"{k}: {m.description}" for k, m in sorted(METHODS.items())).replace("%", "%%"))
-    u.add_argument("--lam", default=None, help="lambda >= 0, 'auto' (BOME's adaptive rule) or 'auto_cos' (the released code's)")
-    u.add_argument("--forget-loss", dest="forget_loss", default=None, choices=("deviate", "uniform", "gaussian", "retarget"),
+    u.add_argument("--allow-pickle", action="store_true", help=_PICKLE_HELP)
+    u.add_argument("--method", default="erasediff", choices=sorted(METHOD_NAMES),
+                   help="unlearning method: " + "; ".join(f"{k}: {a.description}" for k, a in sorted(METHOD_NAMES.items())).replace("%", "%%"))
+    u.add_argument("--lam", type=_lam, default=None, help="lambda >= 0, 'auto' (BOME's adaptive rule) or 'auto_cos' (the released code's)")
+    u.add_argument("--forget-loss", dest="forget_loss", default=None, choices=FORGET_LOSSES,
                    help="deviate: follow a pseudo label's denoising trajectory (released; the default of class-conditional "
                         "models for classes and attributes); uniform / gaussian: regress to U(0,1) / N(0.5,I) noise (v1); "
                         "retarget: denoise noised forgotten images as a model of the remaining images would (the default "
                         "of unconditional models and of --forget-ids)")
-    u.add_argument("--retarget-pool", dest="retarget_pool", type=int, default=None,
+    u.add_argument("--retarget-pool", dest="retarget_pool", type=_COUNT, default=None,
                    help="retarget: remaining images loaded once to pull towards (default 2048; lower it for large images)")
-    u.add_argument("--pseudo-label", dest="pseudo_label", default=None, choices=("per_class", "per_sample", "per_batch"),
-                   help="how the deviate loss draws its pseudo labels from the remaining classes")
-    u.add_argument("--K", type=int, default=None, help="inner gradient steps on the forget loss")
-    u.add_argument("--epochs", type=int, default=None, help="outer epochs E")
-    u.add_argument("--rounds", type=int, default=None, help="rounds S per epoch")
-    u.add_argument("--rem-num", dest="rem_num", type=int, default=None, help="remaining images per round")
-    u.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    u.add_argument("--lr", type=float, default=None, help="outer learning rate xi")
+    u.add_argument("--pseudo-label", dest="pseudo_label", default=None, choices=PSEUDO_LABELS,
+                   help="deviate: how the forget loss draws its pseudo labels from the remaining classes")
+    u.add_argument("--K", type=_COUNT, default=None, help="inner gradient steps on the forget loss")
+    u.add_argument("--epochs", type=_COUNT, default=None, help="outer epochs E")
+    u.add_argument("--rounds", type=_COUNT, default=None, help="rounds S per epoch")
+    u.add_argument("--rem-num", dest="rem_num", type=_COUNT, default=None, help="remaining images per round")
+    u.add_argument("--batch-size", dest="batch_size", type=_COUNT, default=None)
+    u.add_argument("--lr", type=_learning_rate, default=None, help="outer learning rate xi")
     u.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="any other field of the method's config")
-    u.add_argument("--eval-per-class", type=int, default=None, help="CFG samples per class for the accuracy figures (0: skip)")
+    u.add_argument("--eval-per-class", type=_int_in(0, 10_000), default=None,
+                   help="CFG samples per class for the accuracy figures (0: skip)")
     _add_run_flags(u)
     u.set_defaults(func=_cmd_unlearn)
 
@@ -208,10 +272,13 @@ def _add_evaluate(sub) -> None:
     "Add the `evaluate` subcommand."
     e = sub.add_parser("evaluate", help="evaluate a checkpoint: accuracy, Fréchet distances, MIA, KL, weight distance")
     e.add_argument("checkpoint", help="diffusers UNet folder (e.g. OUT/unet of `erasediff unlearn`)")
-    e.add_argument("--preset", default="digits")
+    e.add_argument("--preset", default="digits", choices=PRESET_NAMES)
+    e.add_argument("--forget", nargs="+", default=None,
+                   help="the forgotten classes, ids or names (default: the run's, from metrics.json beside unet/, else the preset's)")
     e.add_argument("--reference-retrain", default=None, help="Retrain model folder, or 'shipped', for the weight distance")
-    e.add_argument("--out", type=Path, default=None, help="folder for metrics.json / metrics.md (default: runs/eval/<checkpoint name> under the current directory)")
-    e.add_argument("--n-per-class", type=int, default=None, help="generated samples per class (default: the preset's)")
+    e.add_argument("--allow-pickle", action="store_true", help=_PICKLE_HELP)
+    e.add_argument("--out", type=_folder, default=None, help="folder for metrics.json / metrics.md (default: runs/eval/<checkpoint name> under the current directory)")
+    e.add_argument("--n-per-class", type=_int_in(2, 10_000), default=None, help="generated samples per class (default: the preset's)")
     e.add_argument("--inception-weights", default=None, help="local Inception TorchScript file for FID (offline)")
     _add_run_flags(e, overwrite_help="replace an existing evaluation in --out")
     e.set_defaults(func=_cmd_evaluate)
@@ -220,28 +287,30 @@ def _add_evaluate(sub) -> None:
 def _add_reproduce(sub) -> None:
     "Add the `reproduce` subcommand."
     r = sub.add_parser("reproduce", help="every method x seed, evaluated, as the paper's table and figures (resumable)")
-    r.add_argument("--preset", default="digits", help="preset name (see `erasediff presets`)")
-    r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every method (default 3)")
-    r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHODS),
+    r.add_argument("--preset", default="digits", choices=PRESET_NAMES, help="preset name (see `erasediff presets`)")
+    r.add_argument("--seeds", type=_int_in(1, 1000), default=3, help="seeds 0..N-1 of every method (default 3)")
+    r.add_argument("--methods", nargs="+", default=None, choices=sorted(METHOD_NAMES),
                    help="unlearning methods of the table (default: all; the references always run)")
-    r.add_argument("--out", type=Path, default=None, help="results folder (default: results/<preset>); rerun to resume")
-    r.add_argument("--n-per-class", type=int, default=None, help="evaluation samples per class (default: the protocol's)")
-    r.add_argument("--relearn-images", type=int, default=None, help="forgotten images of the relearning attack (default 10)")
-    r.add_argument("--relearn-steps", type=int, default=None, help="finetuning steps of the relearning attack (default 20)")
+    r.add_argument("--out", type=_folder, default=None, help="results folder (default: results/<preset>); rerun to resume")
+    r.add_argument("--n-per-class", type=_int_in(2, 10_000), default=None, help="evaluation samples per class (default: the protocol's)")
+    r.add_argument("--relearn-images", type=_COUNT, default=None, help="forgotten images of the relearning attack (default 10)")
+    r.add_argument("--relearn-steps", type=_COUNT, default=None, help="finetuning steps of the relearning attack (default 20)")
     r.add_argument("--no-sweep", action="store_true", help="skip EraseDiff's lambda/steps sweep (trade-off figure)")
     r.add_argument("--no-figures", action="store_true", help="write the table only")
-    r.add_argument("--device", default=None, help="cpu | cuda (default: the preset's)")
-    r.add_argument("--jobs", type=int, default=None,
+    r.add_argument("--device", type=_device, default=None, help="cpu | cuda[:N] | mps (default: the preset's)")
+    r.add_argument("--jobs", type=_COUNT, default=None,
                    help="worker processes (default: 1 on a GPU, min(4, cores) on CPU); results are bit-identical for "
                         "the same jobs and machine")
-    r.add_argument("--data-root", type=Path, default=None, help=_DATA_ROOT_HELP)
+    r.add_argument("--data-root", type=_folder, default=None, help=_DATA_ROOT_HELP)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     r.set_defaults(func=_cmd_reproduce)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `erasediff` argument parser with its subcommands."
+    "The `erasediff` argument parser with its subcommands (imports nothing heavy: `--help` answers at once)."
     ap = argparse.ArgumentParser(prog="erasediff", description="Unlearning in diffusion models (EraseDiff and baselines).")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{train,unlearn,evaluate,reproduce,presets}")
     _add_train(sub)
     _add_unlearn(sub)
@@ -251,16 +320,110 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_presets)
     return ap
 
+# %% ../nbs/15_cli.ipynb #9485739c
+class UsageError(ValueError):
+    "A mistake on the command line that argparse's types cannot see alone (combinations, repeats); names its flag."
+
+
+def _no_repeats(values, flag: str) -> None:
+    if values and len(set(map(str, values))) != len(values):
+        raise UsageError(f"{flag}: {sorted({str(v) for v in values if list(map(str, values)).count(str(v)) > 1})} given more than once")
+
+
+def _check_train(args) -> None:
+    if args.forget and args.what != "retrain":
+        raise UsageError(f"--forget: only --what retrain leaves classes out (this is --what {args.what})")
+    _no_repeats(args.forget, "--forget")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: --resume continues the run in --out, --overwrite "
+                         "trains again and replaces it")
+    if args.eval and args.what == "classifier":
+        raise UsageError("--eval: measures CFG samples of a diffusion model; a classifier reports its test accuracy anyway")
+
+
+def _check_unlearn(args) -> None:
+    given = [f for f, v in (("--forget", args.forget), ("--forget-attribute", args.forget_attribute),
+                            ("--forget-ids", args.forget_ids)) if v is not None]
+    if len(given) > 1: raise UsageError(f"{' and '.join(given)}: give only one of --forget, --forget-attribute, --forget-ids")
+    if args.forget_attribute is not None and not args.forget_attribute.strip():
+        raise UsageError("--forget-attribute: expected an attribute name, got an empty string")
+    _no_repeats(args.forget, "--forget")
+    _no_repeats(args.forget_ids, "--forget-ids")
+    if args.pseudo_label and args.forget_loss not in (None, "deviate"):
+        raise UsageError(f"--pseudo-label: only --forget-loss deviate draws pseudo labels, not {args.forget_loss}")
+    if args.retarget_pool and args.forget_loss not in (None, "retarget"):
+        raise UsageError(f"--retarget-pool: only --forget-loss retarget uses a pool, not {args.forget_loss}")
+    _overrides(args)                                           # --set's syntax and repeats
+
+
+def _check_evaluate(args) -> None:
+    _no_repeats(args.forget, "--forget")
+
+
+_CHECKS = {"train": _check_train, "unlearn": _check_unlearn, "evaluate": _check_evaluate}
+
+# the library's argument names -> the flags that set them (its messages start with the name)
+_FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_class": "--eval-per-class",
+          "n_per_class": "--n-per-class", "reference_retrain": "--reference-retrain", "inception_weights": "--inception-weights",
+          "forget classes": "--forget", "forget ids": "--forget-ids", "forget": "--forget", "forget_classes": "--forget",
+          "resume": "--resume", "what": "--what", "method": "--method", "methods": "--methods", "preset": "--preset",
+          "steps": "--steps", "seeds": "--seeds", "jobs": "--jobs", "relearn n_images": "--relearn-images",
+          "relearn steps": "--relearn-steps", "checkpoint": "--checkpoint", "forget attribute": "--forget-attribute"}
+
+
+def _flag_of(name: str, command: str) -> Optional[str]:
+    "The flag that sets the library's argument `name` in `command` (a method config's field: its flag or --set NAME)."
+    if command == "evaluate" and name == "checkpoint": return "CHECKPOINT"
+    if command == "unlearn" and name in _CONFIG_FLAGS: return "--K" if name == "K" else f"--{name.replace('_', '-')}"
+    if name in _FLAGS: return _FLAGS[name]
+    return None
+
+
+def _flagged(msg: str, command: str) -> str:
+    """The library's message with the flag of the argument it names in front (it names its own argument names, e.g.
+    'eval_per_class must be ...', 'forget classes: ...', or a config's unknown fields)."""
+    if msg.startswith("--"): return msg
+    if msg.startswith("config: unknown field"):
+        flags = [_flag_of(n, command) or n for n in re.findall(r"'(\w+)'", msg.split(";")[0])]
+        return f"{', '.join(flags)}: not an option of this --method ({msg})"
+    m = re.match(r"(forget classes|forget ids|forget attribute|relearn \w+|\w+)\b", msg)
+    flag = _flag_of(m.group(1), command) if m else None
+    if flag is None and command == "unlearn" and re.match(r"\w+ must be", msg): flag = f"--set {m.group(1)}"  # a config field
+    if flag is None: return msg
+    return flag + msg[len(m.group(1)):] if not flag.startswith("--set") else f"{flag}: {msg}"
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """A mistake in what was asked (a bad value, a missing or locked file, a run that diverged, memory), reported as one
+    line; anything else is a bug of the package and keeps its traceback."""
+    return isinstance(e, (ValueError, OSError, MemoryError)) or type(e).__name__ in ("NonFiniteLossError", "OutOfMemoryError")
+
+
+def _chain(e: BaseException) -> str:
+    "The message of `e` and of the errors that caused it, on one line."
+    parts = []
+    while e is not None and len(parts) < 4:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if text not in parts: parts.append(text)
+        e = e.__cause__
+    return "; because: ".join(parts)
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    "Entry point of the `erasediff` console script."
+    """Entry point of the `erasediff` console script. Parses and checks every argument before importing the library;
+    a mistake (exit code 2) is one line naming its flag, `--debug` shows the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)                   # usage errors: argparse prints them and exits with 2
     args.argv = argv
     try:
+        _CHECKS.get(args.command, lambda a: None)(args)
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"erasediff {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"erasediff {args.command}: interrupted; a result being replaced is left as it was", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if getattr(args, "debug", False) or not _is_user_error(e): raise
+        print(f"erasediff {args.command}: error: {_flagged(_chain(e), args.command)}", file=sys.stderr)
         return 2
 
 

@@ -271,6 +271,9 @@ class ForgetSpec:
         given = [k for k, v in (("classes", self.classes), ("attribute", self.attribute), ("ids", self.ids)) if v]
         if len(given) != 1:
             raise ValueError(f"a forget specification needs exactly one non-empty field of classes, attribute, ids; got {given or 'none'}")
+        dups = sorted({i for i in self.ids if self.ids.count(i) > 1})
+        if dups: raise ValueError(f"forget ids: {dups} given more than once")
+        if any(i < 0 for i in self.ids): raise ValueError(f"forget ids: ids are >= 0, got {sorted(i for i in self.ids if i < 0)}")
 
     @property
     def kind(self) -> str:
@@ -289,10 +292,12 @@ def resolve_classes(classes: Sequence, class_names: Sequence[str]) -> tuple[int,
         raise ValueError("forget classes: this dataset has no class labels; forget by attribute or ids instead")
     out = set()
     for c in classes:
-        if isinstance(c, str) and c in class_names: out.add(class_names.index(c))
-        elif isinstance(c, str) and c.lstrip("-").isdigit(): out.add(int(c))
-        elif isinstance(c, (int, np.integer)): out.add(int(c))
+        if isinstance(c, str) and c in class_names: k = class_names.index(c)
+        elif isinstance(c, str) and c.lstrip("-").isdigit(): k = int(c)
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool): k = int(c)
         else: raise ValueError(f"forget classes: unknown class {c!r}; known classes are {list(class_names)}")
+        if k in out: raise ValueError(f"forget classes: class {c!r} given more than once")
+        out.add(k)
     bad = [c for c in out if not 0 <= c < len(class_names)]
     if bad:
         raise ValueError(f"forget classes: {sorted(bad)} out of range; classes are 0..{len(class_names) - 1} ({list(class_names)})")

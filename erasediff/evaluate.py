@@ -10,7 +10,10 @@ Docs: https://erasediff.github.io/erasediff/evaluate.html.md"""
 # %% ../nbs/09_evaluate.ipynb #e028b9cd
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,12 +34,14 @@ from .measures import (
     frechet_by_class, frechet_from_features, inception_features, N_BOOT, precision_recall, weight_distance)
 from .membership import (
     mia_from_losses, MIA_TIMESTEPS, N_SHUFFLES, per_sample_losses, plot_kl, plot_losses, predicted_noise_stats)
-from .runtime import atomic_write_bytes, atomic_write_json, check_device, default_device, load_unet, measure
-from .train import data_dir, get_preset, load_reference
+from .runtime import (
+    atomic_write_bytes, atomic_write_json, check_checkpoint, check_device, check_out, claim_output, default_device,
+    load_unet, measure)
+from .train import data_dir, get_preset, load_reference, reference_path
 
 # %% auto #0
-__all__ = ['metrics_markdown', 'sample_metrics', 'forget_set_metrics', 'default_eval_out', 'evaluate_checkpoint', 'mean_std',
-           'summarize_seeds']
+__all__ = ['MAX_PER_CLASS', 'metrics_markdown', 'sample_metrics', 'forget_set_metrics', 'default_eval_out', 'run_forget_classes',
+           'evaluate_checkpoint', 'mean_std', 'summarize_seeds']
 
 # %% ../nbs/09_evaluate.ipynb #469b80a3
 def _pm(v, bar=None, nd: int = 4) -> str:
@@ -292,13 +297,13 @@ def forget_set_metrics(model: nn.Module, schedule: NoiseSchedule, splits, timest
     return m, ps
 
 
-def _retrain_reference(ref, preset_name: str) -> tuple[nn.Module, str]:
-    "The Retrain model for the weight distance: a model, a UNet folder, or 'shipped' (the preset's)."
+def _retrain_reference(ref, preset_name: str, out: Path, allow_pickle: bool = False) -> tuple[nn.Module, str]:
+    "The Retrain model for the weight distance: a model, a UNet folder (named relative to `out`), or 'shipped' (the preset's)."
     if isinstance(ref, nn.Module):
         return ref, "model"
     if isinstance(ref, str) and ref == "shipped":
         return load_reference(preset_name, "retrain"), f"shipped {preset_name}/retrain"
-    return load_unet(ref), str(ref)
+    return load_unet(ref, allow_pickle=allow_pickle), _where(ref, out)
 
 # %% ../nbs/09_evaluate.ipynb #cc44a9f9
 def _shipped_data_dirs() -> list[Path]:
@@ -336,23 +341,34 @@ def _merge_bars(m: dict, bars: dict) -> None:
     merge(m.setdefault("error_bars", {}), bars)
 
 
-def _eval_setup(checkpoint, preset, out, n_per_class, overwrite, device, inception, inception_weights) -> tuple:
-    """Every check of `evaluate_checkpoint` before any work: the output folder (never over a result unless `overwrite`),
-    the sample count, the preset, the device, the Inception weights' path. Returns (checkpoint name or None, out, preset,
-    n_per_class, device, use_inception)."""
+MAX_PER_CLASS = 10_000     # generated samples per class: the protocol's 5,000 of CIFAR-10, twice
+
+
+def _eval_setup(checkpoint, preset, out, n_per_class, overwrite, device, inception, inception_weights, seed,
+                reference_retrain, allow_pickle) -> tuple:
+    """Every check of `evaluate_checkpoint` before any work: the checkpoint and the Retrain reference (UNet folders of
+    the right class, safetensors unless `allow_pickle`), the output folder (never over a result unless `overwrite`), the
+    sample count and seed, the preset, the device, the Inception weights' path (only where Inception is used).
+    Returns (checkpoint name or None, out, preset, n_per_class, device, use_inception)."""
     ck_name = Path(str(checkpoint)).name if not isinstance(checkpoint, nn.Module) else None
+    if ck_name is not None: check_checkpoint(checkpoint, allow_pickle, "checkpoint")
     if out is None:
         if ck_name is None:
             raise ValueError("out is required when checkpoint is a model object rather than a folder")
         out = default_eval_out(checkpoint)
-    out = Path(out)
-    if (out / "metrics.json").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'metrics.json'} exists: this checkpoint was already evaluated there; "
-                              f"pass overwrite=True (CLI: --overwrite) to replace it, or choose another out")
-    if n_per_class is not None and n_per_class < 2:
-        raise ValueError(f"n_per_class must be >= 2 (a covariance needs 2 samples), got {n_per_class}")
+    out = check_out(out, "out")
+    _check_unevaluated(out, overwrite)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if n_per_class is not None and (isinstance(n_per_class, bool) or not isinstance(n_per_class, int)
+                                    or not 2 <= n_per_class <= MAX_PER_CLASS):
+        raise ValueError(f"n_per_class must be an integer in [2, {MAX_PER_CLASS}] (a covariance needs 2 samples), "
+                         f"got {n_per_class!r}")
     if isinstance(preset, str):
         preset = get_preset(preset)
+    if isinstance(reference_retrain, (str, Path)):
+        if str(reference_retrain) == "shipped": reference_path(getattr(preset, "name", ""), "retrain")
+        else: check_checkpoint(reference_retrain, allow_pickle, "reference_retrain")
     n_per_class = n_per_class or preset.eval_per_class
     if device is not None: device = check_device(device)     # asked for explicitly: a clear error when absent
     else: device = default_device(getattr(preset, "device", "cpu"))   # the preset's default falls back to the CPU
@@ -360,16 +376,40 @@ def _eval_setup(checkpoint, preset, out, n_per_class, overwrite, device, incepti
     if use_inception:   # the weights' path rule (ValueError), before any work; the file itself is written on first use
         if inception_weights is None: default_inception_path()
         else: _inception_file(inception_weights, "inception_weights")
+    elif inception_weights is not None:
+        raise ValueError(f"inception_weights: this evaluation computes no Inception FID ({getattr(preset, 'name', preset)}: "
+                         "the classifier-space Fréchet distance instead); drop the option (CLI: --inception-weights)")
     return ck_name, out, preset, n_per_class, device, use_inception
 
 
+def _check_unevaluated(out: Path, overwrite: bool) -> None:
+    "FileExistsError when `out` holds an evaluation and `overwrite` is not given."
+    if (out / "metrics.json").exists() and not overwrite:
+        raise FileExistsError(f"out: {out / 'metrics.json'} exists: this checkpoint was already evaluated there; "
+                              f"pass overwrite=True (CLI: --overwrite) to replace it, or choose another out")
+
+
+def run_forget_classes(checkpoint) -> Optional[list]:
+    "The forgotten classes of the unlearning run that wrote `checkpoint` (its metrics.json's `forget.classes`), or None."
+    run = Path(str(checkpoint)) if not isinstance(checkpoint, nn.Module) else None
+    run = None if run is None else run if (run / "unet").is_dir() else run.parent if run.name == "unet" else None
+    try: classes = (json.loads((run / "metrics.json").read_text()).get("forget") or {}).get("classes") if run else None
+    except (OSError, ValueError, AttributeError): return None
+    return list(classes) if isinstance(classes, list) and classes else None
+
+
+def _where(path, out: Path) -> str:
+    "How a result names a model folder: relative to its output folder `out` (never an absolute path), or the hub name."
+    p = Path(str(path))
+    return os.path.relpath(p.resolve(), out.resolve()) if p.exists() else str(path)
+
+
 def _samples_by_w(model, schedule, preset, classifier, K, n_classes, n_per_class, n_remain_other_w, batch_size, seed,
-                  progress, n_boot) -> tuple:
+                  progress, n_boot, forget_classes: tuple[int, ...]) -> tuple:
     """Samples at the preset's w (`n_per_class` of every class; an unconditional model: n_per_class * n_classes) and, for
     a class-conditional model, the classifier's verdicts at every guidance scale (w = 0, the preset's, 1) from the same
     noise, the forgotten classes with `n_per_class` samples, the others with `n_remain_other_w` (default n_per_class // 5,
     at least 2) away from the preset's w. Returns (samples, labels, by_w, confidence by w, error bars by w, n_other)."""
-    forget_classes = tuple(int(c) for c in preset.forget_classes)
     if K is not None:
         labels = torch.arange(K).repeat_interleave(n_per_class)
         gen = generate(model, schedule, labels, config=preset.sampler, batch_size=batch_size, seed=seed, progress=progress)
@@ -407,7 +447,8 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
                         mia_timesteps: Sequence[int] = MIA_TIMESTEPS, n_real_per_class: Optional[int] = None,
                         batch_size: int = 250, device: str | torch.device | None = None, n_boot: int = N_BOOT,
                         n_shuffles: int = N_SHUFFLES, forget_loss: Optional[str] = None,
-                        n_remain_other_w: Optional[int] = None, n_conflict_pairs: int = 8) -> dict:
+                        n_remain_other_w: Optional[int] = None, n_conflict_pairs: int = 8,
+                        allow_pickle: bool = False, forget: Optional[Sequence] = None) -> dict:
     """Evaluate a diffusers UNet folder (or a loaded UNet2DModel) for `preset` (a name of `erasediff.train.get_preset`
     or a Preset); write `metrics.json`, `metrics.md`, `kl.png` and `losses.png` into `out` (default: `default_eval_out`,
     runs/eval/<checkpoint name> under the current directory, never inside the checkpoint's folder) and return the metrics.
@@ -421,25 +462,32 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
     At the guidance scales other than the preset's (w = 0 and 1, for `accuracy_by_w`) the forgotten classes get
     `n_per_class` samples and the remaining ones `n_remain_other_w` (default n_per_class // 5, at least 2).
     `n_conflict_pairs`: batch pairs of the gradient conflict (0: skip it). Besides the reports, `per_sample.npz` holds
-    the per-sample losses and KL values of D_f and D_r (the figures of `erasediff.figures`)."""
+    the per-sample losses and KL values of D_f and D_r (the figures of `erasediff.figures`). Every input is checked
+    before any work (`allow_pickle`: accept pickled `.bin` weights); `out` is locked while the evaluation runs.
+    `forget`: the forgotten classes (ids or names; default: the run's, from metrics.json beside a run's unet/, else the
+    preset's)."""
     ck_name, out, preset, n_per_class, device, use_inception = _eval_setup(
-        checkpoint, preset, out, n_per_class, overwrite, device, inception, inception_weights)
+        checkpoint, preset, out, n_per_class, overwrite, device, inception, inception_weights, seed, reference_retrain,
+        allow_pickle)
     preset_name = getattr(preset, "name", type(preset).__name__)
-    forget_classes = tuple(int(c) for c in preset.forget_classes)
+    run_classes = run_forget_classes(checkpoint)
+    forget = forget if forget is not None else run_classes if run_classes is not None else preset.forget_classes
+    if not len(forget): raise ValueError("forget: nothing to forget; name at least one class")
     run_loss, run_file = run_forget_loss(checkpoint)
     loss_source = ("argument" if forget_loss else f"the run's {Path(run_file).name} (config.forget_loss)" if run_loss
                    else "the preset's EraseDiff default")
     forget_loss = forget_loss or run_loss
 
     with measure() as cost_load:
-        model = (checkpoint if isinstance(checkpoint, nn.Module) else load_unet(checkpoint)).to(device).eval()
+        model = (checkpoint if isinstance(checkpoint, nn.Module) else load_unet(checkpoint, allow_pickle=allow_pickle)).to(device).eval()
         if classifier is None:
             classifier = load_reference(preset_name, "classifier")
         classifier = classifier.to(device).eval()
         schedule = NoiseSchedule(preset.schedule)
         kw = dict(getattr(preset, "dataset_kwargs", {}) or {})
         train_set, test_set = load_dataset(preset.dataset, "train", **kw), load_dataset(preset.dataset, "test", **kw)
-        splits = make_splits(train_set, test_set, ForgetSpec(classes=forget_classes))
+        splits = make_splits(train_set, test_set, ForgetSpec(classes=tuple(forget)))   # unknown classes: ValueError
+        forget_classes = tuple(splits.forget_classes)
         x_real, y_real = train_set.tensors()
         if n_real_per_class is not None:
             keep = torch.cat([torch.nonzero(y_real == c).flatten()[:n_real_per_class] for c in y_real.unique()]).sort().values
@@ -448,51 +496,54 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
         if K is not None and K != train_set.num_classes:
             raise ValueError(f"the model has {K} classes but dataset {preset.dataset!r} has {train_set.num_classes}")
 
-    with measure() as cost_gen:   # 1. samples, at every guidance scale for a class-conditional model
-        gen, labels, by_w, conf_w, bars_w, n_other = _samples_by_w(
-            model, schedule, preset, classifier, K, train_set.num_classes, n_per_class, n_remain_other_w, batch_size,
-            seed, progress, n_boot)
+    # ---- every check done (the model, data and forget classes loaded): the work, with `out` locked ----
+    with (claim_output(out, who="erasediff evaluate", flag="out") if is_main_process() else contextlib.nullcontext()):
+        _check_unevaluated(out, overwrite)          # an evaluation that finished while this one was checking
+        with measure() as cost_gen:   # 1. samples, at every guidance scale for a class-conditional model
+            gen, labels, by_w, conf_w, bars_w, n_other = _samples_by_w(
+                model, schedule, preset, classifier, K, train_set.num_classes, n_per_class, n_remain_other_w, batch_size,
+                seed, progress, n_boot, forget_classes)
 
-    with measure() as cost_metrics:
-        m: dict = {"checkpoint": str(checkpoint) if ck_name else type(checkpoint).__name__, "preset": preset_name,
-                   "seed": seed, "n_per_class": n_per_class, "n_generated": len(gen), "conditional": K is not None,
-                   "n_remain_other_w": n_other if K is not None else None,
-                   "forget_classes": list(forget_classes), "device": str(device), "sampler": vars(preset.sampler) if hasattr(preset.sampler, "__dict__") else str(preset.sampler)}
-        sm = sample_metrics(classifier, gen, labels, x_real, y_real, forget_classes, inception=use_inception,
-                            inception_weights=inception_weights, device=device, progress=progress, n_boot=n_boot, seed=seed)
-        _merge_bars(m, sm.pop("error_bars"))
-        m.update(sm)
-        if by_w:
-            wf, wr = worst_scales(by_w, "forget", "remain")
-            m["accuracy_by_w"] = by_w
-            m["accuracy_worst"] = {"forget": by_w[wf]["forget"], "w_forget": wf, "remain": by_w[wr]["remain"], "w_remain": wr}
-            m["forget_confidence"] = conf_w
-            _merge_bars(m, {"accuracy_by_w": {w: b["accuracy"] for w, b in bars_w.items()},
-                            "forget_confidence": {w: b["confidence"] for w, b in bars_w.items()},
-                            "accuracy": bars_w[f"{preset.sampler.w:g}"]["accuracy"]})   # the same samples as accuracy_by_w's
-        fs, per_sample = forget_set_metrics(model, schedule, splits, mia_timesteps, seed=seed, progress=progress,
-                                            n_shuffles=n_shuffles, n_boot=n_boot, forget_loss=forget_loss, preset=preset_name,
-                                            n_pairs=n_conflict_pairs)
-        _merge_bars(m, fs.pop("error_bars"))
-        if fs["gradient_conflict"] is not None:
-            fs["gradient_conflict"]["forget_loss_source"] = loss_source if fs["gradient_conflict"]["forget_loss_note"] is None \
-                else "unconditional model"
-        m.update(fs)
-        m["bootstrap"] = {"n_boot": n_boot, "seed": seed, "interval": "percentile, 95 %",
-                          "what": "samples resampled with replacement (generated: within their class; MIA: members and "
-                                  "non-members separately, of the target and of the calibration pair, the threshold "
-                                  "refitted on each resample); real images are the fixed reference"}
-        if reference_retrain is not None:
-            ref, ref_name = _retrain_reference(reference_retrain, preset_name)
-            m["weight_distance"] = {**weight_distance(model, ref), "reference": ref_name}
+        with measure() as cost_metrics:
+            m: dict = {"checkpoint": _where(checkpoint, out) if ck_name else type(checkpoint).__name__, "preset": preset_name,
+                       "seed": seed, "n_per_class": n_per_class, "n_generated": len(gen), "conditional": K is not None,
+                       "n_remain_other_w": n_other if K is not None else None,
+                       "forget_classes": list(forget_classes), "device": str(device), "sampler": vars(preset.sampler) if hasattr(preset.sampler, "__dict__") else str(preset.sampler)}
+            sm = sample_metrics(classifier, gen, labels, x_real, y_real, forget_classes, inception=use_inception,
+                                inception_weights=inception_weights, device=device, progress=progress, n_boot=n_boot, seed=seed)
+            _merge_bars(m, sm.pop("error_bars"))
+            m.update(sm)
+            if by_w:
+                wf, wr = worst_scales(by_w, "forget", "remain")
+                m["accuracy_by_w"] = by_w
+                m["accuracy_worst"] = {"forget": by_w[wf]["forget"], "w_forget": wf, "remain": by_w[wr]["remain"], "w_remain": wr}
+                m["forget_confidence"] = conf_w
+                _merge_bars(m, {"accuracy_by_w": {w: b["accuracy"] for w, b in bars_w.items()},
+                                "forget_confidence": {w: b["confidence"] for w, b in bars_w.items()},
+                                "accuracy": bars_w[f"{preset.sampler.w:g}"]["accuracy"]})   # the same samples as accuracy_by_w's
+            fs, per_sample = forget_set_metrics(model, schedule, splits, mia_timesteps, seed=seed, progress=progress,
+                                                n_shuffles=n_shuffles, n_boot=n_boot, forget_loss=forget_loss, preset=preset_name,
+                                                n_pairs=n_conflict_pairs)
+            _merge_bars(m, fs.pop("error_bars"))
+            if fs["gradient_conflict"] is not None:
+                fs["gradient_conflict"]["forget_loss_source"] = loss_source if fs["gradient_conflict"]["forget_loss_note"] is None \
+                    else "unconditional model"
+            m.update(fs)
+            m["bootstrap"] = {"n_boot": n_boot, "seed": seed, "interval": "percentile, 95 %",
+                              "what": "samples resampled with replacement (generated: within their class; MIA: members and "
+                                      "non-members separately, of the target and of the calibration pair, the threshold "
+                                      "refitted on each resample); real images are the fixed reference"}
+            if reference_retrain is not None:
+                ref, ref_name = _retrain_reference(reference_retrain, preset_name, out, allow_pickle)
+                m["weight_distance"] = {**weight_distance(model, ref), "reference": ref_name}
 
-    costs = {"load": cost_load, "generate": cost_gen, "metrics": cost_metrics}
-    peaks = [c["peak_rss_mb"] for c in costs.values() if c.get("peak_rss_mb") is not None]
-    m["cost"] = {"wall_s": sum(c["wall_s"] for c in costs.values()), "peak_rss_mb": max(peaks) if peaks else None,
-                 "cuda_peak_mb": cost_gen.get("cuda_peak_mb"), **{f"{k}_wall_s": c["wall_s"] for k, c in costs.items()}}
-    m = _jsonable(m)
-    if not is_main_process(): return m      # `accelerate launch`: every process sampled its share, rank 0 writes
-    _write_eval(out, m, per_sample, f"{ck_name or 'model'} ({preset_name})")
+        costs = {"load": cost_load, "generate": cost_gen, "metrics": cost_metrics}
+        peaks = [c["peak_rss_mb"] for c in costs.values() if c.get("peak_rss_mb") is not None]
+        m["cost"] = {"wall_s": sum(c["wall_s"] for c in costs.values()), "peak_rss_mb": max(peaks) if peaks else None,
+                     "cuda_peak_mb": cost_gen.get("cuda_peak_mb"), **{f"{k}_wall_s": c["wall_s"] for k, c in costs.items()}}
+        m = _jsonable(m)
+        if not is_main_process(): return m      # `accelerate launch`: every process sampled its share, rank 0 writes
+        _write_eval(out, m, per_sample, f"{ck_name or 'model'} ({preset_name})")
     return m
 
 

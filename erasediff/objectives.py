@@ -59,8 +59,8 @@ class UnlearnConfig:
     params: tuple[str, ...] = ()             # regexes over model.named_parameters(); () = all parameters
 
     def __post_init__(self):
-        check_fields(self)
         object.__setattr__(self, "params", tuple([self.params] if isinstance(self.params, str) else self.params))
+        check_fields(self)
         for k in ("epochs", "rounds", "rem_num", "batch_size"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be an int >= 1, got {v!r}")

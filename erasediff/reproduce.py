@@ -34,7 +34,8 @@ from .evaluate import evaluate_checkpoint, summarize_seeds
 from .measures import _get
 from .methods import default_config, get_method, METHODS
 from .runtime import (
-    atomic_write_bytes, atomic_write_json, default_device, die_with_parent, load_unet, lock_folder, sha256_path)
+    atomic_write_bytes, atomic_write_json, check_device, check_out, default_device, die_with_parent, load_unet,
+    lock_folder, sha256_path)
 from .train import DiffusionObjective, fit, get_preset, load_reference, LoopConfig, Preset, reference_path
 from .unlearn import unlearn
 
@@ -95,15 +96,16 @@ class ReproduceConfig:
     def __post_init__(self):
         check_fields(self)
         get_preset(self.preset)                                            # unknown preset -> ValueError
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"seeds must be an int >= 1, got {self.seeds!r}")
+        if not 1 <= self.seeds <= 1000:
+            raise ValueError(f"seeds must be an integer in [1, 1000], got {self.seeds!r}")
         if not self.methods: raise ValueError("methods: give at least one method")
         for m in self.methods:
             if m in REFERENCES: raise ValueError(f"methods: {m!r} is a reference row, always run; list unlearning methods only")
             get_method(m)                                                  # unknown method -> ValueError naming the choices
         if len(set(self.methods)) != len(self.methods): raise ValueError(f"methods: repeated entries in {self.methods}")
-        if self.n_per_class is not None and self.n_per_class < 2:
-            raise ValueError(f"n_per_class must be >= 2, got {self.n_per_class}")
+        if self.n_per_class is not None and not 2 <= self.n_per_class <= 10_000:
+            raise ValueError(f"n_per_class must be an integer in [2, 10000], got {self.n_per_class}")
+        if self.device is not None: check_device(self.device)              # before any worker starts
         if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
             raise ValueError(f"jobs must be an int >= 1 (or None for automatic), got {self.jobs!r}")
 
@@ -535,7 +537,7 @@ def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = No
     before its first task (instrumentation, test doubles). Returns {'rows', 'computed', 'reused', 'wall_s', 'out',
     'jobs'}."""
     config = config or ReproduceConfig()
-    out = Path(out or Path("results") / config.preset)
+    out = check_out(out or Path("results") / config.preset, "out")
     preset = config.get_preset()
     t0 = time.perf_counter()
     runs = plan(config)

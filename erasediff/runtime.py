@@ -35,9 +35,9 @@ from .core import ScheduleConfig
 
 # %% auto #0
 __all__ = ['atomic_write_bytes', 'finite_json', 'atomic_write_json', 'stale_siblings', 'atomic_dir', 'sha256_path',
-           'save_weights', 'save_unet', 'unet_config_path', 'check_unet_folder', 'load_unet', 'check_schedule',
-           'check_device', 'measure', 'ResultsInUseError', 'release_lock', 'lock_folder', 'check_out', 'claim_output',
-           'die_with_parent', 'default_device', 'eval_mode', 'weights_sha256']
+           'save_weights', 'save_unet', 'unet_config_path', 'check_unet_folder', 'check_checkpoint', 'load_unet',
+           'check_schedule', 'check_device', 'measure', 'ResultsInUseError', 'release_lock', 'lock_folder', 'check_out',
+           'claim_output', 'die_with_parent', 'default_device', 'eval_mode', 'weights_sha256']
 
 # %% ../nbs/00a_runtime.ipynb #08a5cb29
 def _umask() -> int:
@@ -216,6 +216,13 @@ def check_unet_folder(folder: Path | str, allow_pickle: bool = False, what: str 
                              "contains, so they are refused; convert the folder to safetensors, or pass "
                              "allow_pickle=True (CLI: --allow-pickle) if you trust its source")
     return cfg
+
+
+def check_checkpoint(name_or_path, allow_pickle: bool = False, what: str = "checkpoint") -> None:
+    "A checkpoint argument that is a local UNet folder (`check_unet_folder`) or a hub name; a clear error naming `what` otherwise."
+    if Path(str(name_or_path)).exists(): check_unet_folder(name_or_path, allow_pickle, what)
+    elif not _HUB_NAME.match(str(name_or_path)) or str(name_or_path).startswith((".", "/")):
+        raise FileNotFoundError(f"{what} {name_or_path} not found (neither a local folder nor a hub name 'owner/name')")
 
 
 def load_unet(name_or_path: str | Path, *, device: str | torch.device = "cpu", allow_pickle: bool = False) -> UNet2DModel:

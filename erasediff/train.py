@@ -39,7 +39,8 @@ from .data import (
     _torchvision, DATASETS, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root)
 from .names import WHAT
 from .runtime import (
-    atomic_dir, atomic_write_bytes, atomic_write_json, default_device, measure, save_weights, sha256_path)
+    atomic_dir, atomic_write_bytes, atomic_write_json, check_device, check_out, claim_output, default_device, measure,
+    save_weights, sha256_path)
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'PRESETS', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig', 'NonFiniteLossError',
@@ -442,24 +443,54 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    "The run folder's rules: a non-empty one needs `resume` or `overwrite`; `resume` needs a checkpoint in it."
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise FileExistsError(f"out: {out} exists and is not empty; pass resume=True (CLI: --resume) to continue it or "
+                              "overwrite=True (CLI: --overwrite) to train again and replace it when done")
+    if resume and not (out / "train_state.pt").exists():
+        raise FileNotFoundError(f"resume: there is no checkpoint to resume from in {out} (train_state.pt)")
+
+
 def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_classes: Optional[Sequence] = None,
                     resume: bool = False, overwrite: bool = False, steps: Optional[int] = None, seed: Optional[int] = None,
-                    progress: bool = True) -> FitResult:
+                    progress: bool = True, device: Optional[str] = None) -> FitResult:
     """Train `what` ('unscrubbed': all of D, 'retrain': D_r only, 'classifier': the evaluation classifier,
-    'unconditional': the preset's UNet without class embedding, on all of D) for `preset`, into the run folder `out`. `steps`/`seed` override the preset's loop; forget classes default to the preset's."""
+    'unconditional': the preset's UNet without class embedding, on all of D) for `preset`, into the run folder `out`.
+    `steps`/`seed` override the preset's loop; forget classes (retrain only) default to the preset's; `device` asked for
+    must exist (default: the preset's, or the CPU). Every input is checked before any work; `out` is locked while it
+    trains. `resume` continues an interrupted run in `out`; `overwrite` trains in a temporary folder beside it and
+    replaces `out` only when the new run is complete (a failed or killed run leaves the old one as it was)."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if what not in WHAT:
         raise ValueError(f"what must be one of {WHAT}, got {what!r}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise FileExistsError(f"{out} exists and is not empty; pass resume=True to continue it or overwrite=True to start over")
-    main = is_main_process()                       # under `accelerate launch`, rank 0 alone writes
-    if overwrite and not resume and out.exists() and main:
-        shutil.rmtree(out)
+    out = check_out(out, "out")
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues the run in out, overwrite starts over")
+    _check_run_folder(out, resume, overwrite)
+    if forget_classes is not None and what != "retrain":
+        raise ValueError(f"forget_classes: only what='retrain' leaves classes out (CLI: --forget with --what retrain), "
+                         f"not what={what!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    dev = check_device(device) if device is not None else default_device(preset.device)
     train, test = preset.load_data()
     splits = make_splits(train, test, preset.forget_spec(forget_classes))  # validates the forget classes first
     base = preset.classifier.loop if what == "classifier" else preset.train
-    loop = replace(base, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+    loop = replace(base, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})   # validated
+    run = lambda folder: _train_work(preset, what, folder, train, test, splits, loop, resume, progress, dev)
+    if not is_main_process(): return run(out)      # under `accelerate launch`, rank 0 alone writes (and locks)
+    with claim_output(out, who="erasediff train", flag="out"):
+        _check_run_folder(out, resume, overwrite)   # a run that finished while this one was checking
+        if not (overwrite and out.exists() and any(out.iterdir())): return run(out)
+        with atomic_dir(out) as work:               # the old run stays until this one is complete
+            return run(work)
+
+
+def _train_work(preset: Preset, what: str, out: Path, train, test, splits, loop: LoopConfig, resume: bool,
+                progress: bool, device: torch.device) -> FitResult:
+    "The work of `train_reference` once every input is checked, into the run folder `out`."
+    main = is_main_process()
     _seed_everything(loop.seed)
     schedule = NoiseSchedule(preset.schedule)
     data = splits.remain if what == "retrain" else train
@@ -476,7 +507,7 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
         def sample_fn(step, m):  # m: the weights that will be shipped (EMA); every process samples its share
             grid = sample_grid(m, schedule, preset.sampler, 8)
             if main: save_grid(grid, 8, out / "samples" / f"step{step:07d}.png", f"{what} step {step}")
-    model.to(default_device(preset.device))
+    model.to(device)
     batches = InfiniteBatches(data, loop.batch_size, seed=loop.seed)
     res = fit(model, objective, batches, loop, out=out, resume=resume, progress=progress, sample_fn=sample_fn,
               desc=f"{preset.name}/{what}", run_info=info)
@@ -489,6 +520,7 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
     if main: atomic_write_json(out / "run.json", {**info, "loop": asdict(loop), "cost": res.cost,
                                          "final_loss": res.history[-1]["loss"] if res.history else None})
     return res
+
 
 # %% ../nbs/02_train.ipynb #b0b998a9
 def data_dir() -> Path:

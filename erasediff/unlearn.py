@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -27,13 +28,13 @@ from .membership import membership_inference, memorization_report, plot_memoriza
 from .methods import default_config, get_method, make_objective, METHODS
 from .objectives import ForgetLossConfig, select_params, UnlearnConfig
 from .runtime import (
-    atomic_dir, atomic_write_json, check_device, check_schedule, default_device, load_unet, save_weights,
-    sha256_path, unet_config_path, weights_sha256)
+    atomic_dir, atomic_write_json, check_checkpoint, check_device, check_out, check_schedule, claim_output,
+    default_device, load_unet, save_weights, sha256_path, unet_config_path, weights_sha256)
 from .train import (
     check_data_parallel, CLASSIFIERS, fit, get_preset, predict, Preset, reference_path, save_grid, save_png)
 
 # %% auto #0
-__all__ = ['sample_level_metrics', 'model_card', 'unlearn']
+__all__ = ['MAX_EVAL_PER_CLASS', 'sample_level_metrics', 'model_card', 'unlearn']
 
 # %% ../nbs/10_unlearn.ipynb #4bda387f
 def sample_level_metrics(model: UNet2DModel, splits: Splits, schedule: NoiseSchedule, sampler: SamplerConfig,
@@ -107,19 +108,21 @@ def _resolve_config(preset: Preset, method: str, config, conditional: Optional[b
     return config
 
 
-def _load_checkpoint(preset: Preset, checkpoint, device) -> tuple[UNet2DModel, dict]:
-    "The model to unlearn and where it came from (name, path, sha256 of the folder)."
+def _load_checkpoint(preset: Preset, checkpoint, device, out: Path, allow_pickle: bool = False) -> tuple[UNet2DModel, dict]:
+    """The model to unlearn and where it came from: its name, its path relative to the output folder `out` (never an
+    absolute path: the card travels), and the sha256 of its folder."""
     if checkpoint is None:
         path = reference_path(preset.name, "unscrubbed")      # FileNotFoundError / ValueError (hash) say how to fix
         model = load_unet(path, device=device)
-        return model, {"name": f"{preset.name}/unscrubbed (shipped)", "path": str(path), "sha256": sha256_path(path)}
+        return model, {"name": f"{preset.name}/unscrubbed (shipped)", "path": None, "sha256": sha256_path(path)}
     if isinstance(checkpoint, nn.Module):
         return checkpoint.to(device), {"name": "in-memory model", "path": None, "sha256": None}
-    model = load_unet(checkpoint, device=device)              # FileNotFoundError / ValueError for missing or corrupt
+    model = load_unet(checkpoint, device=device, allow_pickle=allow_pickle)   # clear errors for missing / corrupt / .bin
     check_schedule(checkpoint, preset.schedule)               # a pipeline's scheduler must be the preset's
     p = Path(checkpoint)
-    return model, {"name": str(checkpoint), "path": str(p) if p.exists() else None,
-                   "sha256": sha256_path(p) if p.exists() else None}
+    if not p.exists(): return model, {"name": str(checkpoint), "path": None, "sha256": None}   # a hub name
+    rel = os.path.relpath(p.resolve(), out.resolve())
+    return model, {"name": p.name if p.is_absolute() else str(checkpoint), "path": rel, "sha256": sha256_path(p)}
 
 
 def _load_classifier(preset: Preset, classifier, device) -> tuple[nn.Module, dict]:
@@ -255,36 +258,65 @@ def _config_table_from_dict(d: dict) -> str:
     return "\n".join(f"| `{k}` | `{v}` |" for k, v in d.items())
 
 # %% ../nbs/10_unlearn.ipynb #afc04c6c
+def _check_free(out: Path, overwrite: bool) -> None:
+    "FileExistsError when `out` holds something and `overwrite` is not given."
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out: {out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it "
+                              "(the old result stays until the new one is complete)")
+
+
+def _config_for(preset: Preset, method: str, config, conditional: Optional[bool], spec: ForgetSpec) -> UnlearnConfig:
+    """`_resolve_config`, and a ValueError for an option the resolved forget loss would ignore: pseudo labels other than
+    'deviate''s, a retarget pool without 'retarget'."""
+    resolved = _resolve_config(preset, method, config, conditional, bool(spec.ids))
+    given = config if isinstance(config, dict) else {}
+    loss = getattr(resolved, "forget_loss", None)
+    if "pseudo_label" in given and loss != "deviate":
+        raise ValueError(f"pseudo_label: only the 'deviate' forget loss draws pseudo labels; this run's loss is {loss!r} "
+                         "(drop the option, CLI: --pseudo-label)")
+    if "retarget_pool" in given and loss != "retarget":
+        raise ValueError(f"retarget_pool: only the 'retarget' forget loss uses a pool; this run's loss is {loss!r} "
+                         "(drop the option, CLI: --retarget-pool)")
+    return resolved
+
+
+MAX_EVAL_PER_CLASS = 10_000     # samples per class and guidance scale: the protocol's 5,000 of CIFAR-10, twice
+
+
 def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "runs/unlearn", *, checkpoint=None,
             config: Optional[UnlearnConfig | dict] = None, seed: int = 0, overwrite: bool = False, progress: bool = True,
             classifier=None, method: str = "erasediff", eval_per_class: Optional[int] = None,
-            sampler: Optional[SamplerConfig] = None, device: Optional[str] = None,
+            sampler: Optional[SamplerConfig] = None, device: Optional[str] = None, allow_pickle: bool = False,
             callback: Optional[Callable[[int, nn.Module, dict], None]] = None) -> dict:
     """Make a diffusion model of `preset` forget `forget` (classes, or a ForgetSpec) with `method`, and write `out/`
     (unet/, README.md, metrics.json, history.json). `checkpoint`: a diffusers UNet folder or hub name (default: the
-    preset's shipped Unscrubbed model); `config`: the method's config or a dict of overrides of `default_config(preset)`;
-    `classifier`: evaluation classifier folder (default: the shipped one); `eval_per_class=0` skips the sample accuracy.
-    Every input is checked before any work. Returns the metrics (also in out/metrics.json)."""
+    preset's shipped Unscrubbed model; safetensors only unless `allow_pickle`); `config`: the method's config or a dict
+    of overrides of `default_config(preset)`; `classifier`: evaluation classifier folder (default: the shipped one);
+    `eval_per_class=0` skips the sample accuracy. Every input is checked before any work; `out` is locked for the run
+    (a second run into it is refused) and an old result there is replaced, with `overwrite`, only once the new one is
+    complete. Returns the metrics (also in out/metrics.json)."""
     t_start = time.perf_counter()
     # ---- checks, before any work ----
     preset = get_preset(preset) if isinstance(preset, str) else preset
     get_method(method)
-    conditional = _is_conditional(preset, checkpoint)         # None: a hub name, known once loaded
-    spec = _forget_spec(forget)
-    given, config = config, _resolve_config(preset, method, config, conditional, bool(spec.ids))
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
-    if not isinstance(seed, int) or seed < 0: raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    out = check_out(out, "out")
+    _check_free(out, overwrite)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if device is not None: check_device(device)              # e.g. 'cuda' on a machine without a GPU
     n_eval = preset.eval_per_class if eval_per_class is None else eval_per_class
-    if n_eval < 0: raise ValueError(f"eval_per_class must be >= 0, got {n_eval}")
+    if isinstance(n_eval, bool) or not isinstance(n_eval, int) or not 0 <= n_eval <= MAX_EVAL_PER_CLASS:
+        raise ValueError(f"eval_per_class must be an integer in [0, {MAX_EVAL_PER_CLASS}], got {n_eval!r}")
+    if isinstance(checkpoint, (str, Path)): check_checkpoint(checkpoint, allow_pickle)   # a UNet folder or a hub name
+    conditional = _is_conditional(preset, checkpoint)         # None: a hub name, known once loaded
+    spec = _forget_spec(forget)
+    given, config = config, _config_for(preset, method, config, conditional, spec)
     sampler = sampler or preset.sampler
     train, test = preset.load_data()
     splits = make_splits(train, test, spec)                    # empty / unknown / all classes -> ValueError
     dev = device or default_device(preset.device)
-    model, source = _load_checkpoint(preset, checkpoint, dev)
-    if conditional is None: config = _resolve_config(preset, method, given, num_classes(model) is not None, bool(spec.ids))
+    model, source = _load_checkpoint(preset, checkpoint, dev, out, allow_pickle)
+    if conditional is None: config = _config_for(preset, method, given, num_classes(model) is not None, spec)
     _check_model_fits(model, train, spec)
     select_params(model, config.params)                        # patterns that match nothing -> ValueError
     schedule = NoiseSchedule(preset.schedule)
@@ -294,7 +326,20 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
     check_data_parallel(objective)                             # e.g. SA under accelerate launch
     clf, clf_info = _load_classifier(preset, classifier, dev) if n_eval else (None, None)
     source["weights_sha256"] = weights_sha256(model)
-    # ---- work ----
+    if not is_main_process():                                  # `accelerate launch`: every process works, rank 0 writes
+        return _unlearn_work(preset, method, spec, splits, train, model, source, objective, config, schedule, sampler, clf,
+                             clf_info, n_eval, seed, dev, progress, callback, t_start, None) | {"out": str(out)}
+    with claim_output(out, who="erasediff unlearn", flag="out"):   # a second run into `out` is refused from here on
+        _check_free(out, overwrite)                            # a run that finished while this one was checking
+        metrics = _unlearn_work(preset, method, spec, splits, train, model, source, objective, config, schedule, sampler,
+                                clf, clf_info, n_eval, seed, dev, progress, callback, t_start, out)
+    return {**metrics, "out": str(out)}
+
+
+def _unlearn_work(preset, method, spec, splits, train, model, source, objective, config, schedule, sampler, clf, clf_info,
+                  n_eval, seed, dev, progress, callback, t_start, out: Optional[Path]) -> dict:
+    "The work of `unlearn` once every input is checked: measure, unlearn, measure again, and write `out` (None: don't)."
+    fclasses = splits.forget_classes
     torch.manual_seed(seed)
     def measure_model(m):
         m.eval()
@@ -324,7 +369,7 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
         "final": res.history[-1] if res.history else None,
     }
     metrics["total_seconds"] = time.perf_counter() - t_start
-    if not is_main_process(): return {**metrics, "out": str(out)}   # `accelerate launch`: rank 0 writes
+    if out is None: return metrics
     with atomic_dir(out, overwrite=True) as tmp:
         save_weights(res.model, tmp / "unet")
         atomic_write_json(tmp / "metrics.json", metrics)
@@ -338,4 +383,5 @@ def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "r
             pick = torch.cat([torch.arange(c * n_eval, c * n_eval + n) for c in range(k)]) if num_classes(model) else torch.arange(min(len(x_before), 64))
             save_grid(x_before[pick], n if num_classes(model) else 8, tmp / "samples_before.png", "before")
             save_grid(x_after[pick], n if num_classes(model) else 8, tmp / "samples_after.png", f"after {method}")
-    return {**metrics, "out": str(out)}
+    return metrics
+

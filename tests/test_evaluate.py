@@ -32,6 +32,9 @@ def test_evaluate_checkpoint_checks_inception_path_before_any_work(tmp_path, mon
     def no_work(*a, **k): raise AssertionError("generated samples before checking the Inception weights path")
     monkeypatch.setattr(EV, "generate", no_work)
     monkeypatch.setattr(EV, "load_unet", no_work)
+    (tmp_path / "ck").mkdir()                                       # a UNet folder as far as the checks can tell
+    (tmp_path / "ck" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    (tmp_path / "ck" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match=r"inception_weights.*inception-2015-12-05\.pt"):
         evaluate_checkpoint(tmp_path / "ck", toy_preset(), out=tmp_path / "o", classifier=OracleClassifier(),
                               inception=True, inception_weights=mine, progress=False)

@@ -116,8 +116,11 @@ def test_table_numbers_are_those_of_the_run_folders(tmp_path, fake_stages):
 
 
 def test_cli_reproduce_refuses_bad_input_before_work(tmp_path, capsys):
-    assert main(["reproduce", "--seeds", "0", "--out", str(tmp_path / "r"), "--quiet"]) == 2
-    assert "seeds" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "--seeds", "0", "--out", str(tmp_path / "r"), "--quiet"])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["reproduce", "--methods", "so", "so", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "--methods" in capsys.readouterr().err and not (tmp_path / "r").exists()
     with pytest.raises(SystemExit):
         main(["reproduce", "--methods", "nope", "--out", str(tmp_path / "r")])
 
