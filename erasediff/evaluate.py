@@ -35,7 +35,7 @@ from .measures import (
 from .membership import (
     mia_from_losses, MIA_TIMESTEPS, N_SHUFFLES, per_sample_losses, plot_kl, plot_losses, predicted_noise_stats)
 from .runtime import (
-    atomic_write_bytes, atomic_write_json, check_checkpoint, check_device, check_out, claim_output, default_device,
+    atomic_dir, atomic_write_bytes, atomic_write_json, check_checkpoint, check_device, check_out, claim_output, default_device,
     load_unet, measure)
 from .train import data_dir, get_preset, load_reference, reference_path
 
@@ -432,13 +432,15 @@ def _samples_by_w(model, schedule, preset, classifier, K, n_classes, n_per_class
 
 
 def _write_eval(out: Path, m: dict, per_sample: dict, title: str) -> None:
-    "The reports of one evaluation, each written atomically: kl.png, losses.png, per_sample.npz, metrics.md, metrics.json."
-    atomic_write_bytes(out / "kl.png", _fig_png(plot_kl(per_sample["kl_forget"], per_sample["kl_remain"], title=title)))
-    atomic_write_bytes(out / "losses.png", _fig_png(plot_losses(per_sample["loss_forget"], per_sample["loss_remain"], title=title)))
-    buf = io.BytesIO(); np.savez(buf, **{k: v.numpy() for k, v in per_sample.items()})
-    atomic_write_bytes(out / "per_sample.npz", buf.getvalue())
-    atomic_write_bytes(out / "metrics.md", metrics_markdown(m).encode())
-    atomic_write_json(out / "metrics.json", m)
+    """The reports of one evaluation — kl.png, losses.png, per_sample.npz, metrics.md, metrics.json — put in `out` in
+    one step: an old evaluation there is replaced whole, never half (other files in `out` are kept)."""
+    with atomic_dir(out, carry_over=True) as tmp:
+        atomic_write_bytes(tmp / "kl.png", _fig_png(plot_kl(per_sample["kl_forget"], per_sample["kl_remain"], title=title)))
+        atomic_write_bytes(tmp / "losses.png", _fig_png(plot_losses(per_sample["loss_forget"], per_sample["loss_remain"], title=title)))
+        buf = io.BytesIO(); np.savez(buf, **{k: v.numpy() for k, v in per_sample.items()})
+        atomic_write_bytes(tmp / "per_sample.npz", buf.getvalue())
+        atomic_write_bytes(tmp / "metrics.md", metrics_markdown(m).encode())
+        atomic_write_json(tmp / "metrics.json", m)
 
 
 def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, out=None, n_per_class: Optional[int] = None,

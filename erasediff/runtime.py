@@ -114,8 +114,22 @@ def stale_siblings(path: Path | str) -> list[Path]:
     return sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if pat.match(p.name)) if path.parent.exists() else []
 
 
-def _commit_dir(tmp: Path, path: Path) -> None:
-    "Put the finished folder `tmp` at `path`, atomically; the folder it replaces is deleted afterwards."
+def _carry_over(old: Path, new: Path) -> None:
+    "Hard-link (or copy, across file systems) into `new` what `old` holds and `new` does not."
+    for p in old.iterdir():
+        if (new / p.name).exists() or (p.name.startswith(".") and p.name.endswith((".tmp", ".lock"))): continue
+        try:
+            if p.is_dir(): shutil.copytree(p, new / p.name, copy_function=os.link, symlinks=True)
+            else: os.link(p, new / p.name)
+        except OSError:
+            shutil.rmtree(new / p.name, ignore_errors=True)
+            shutil.copytree(p, new / p.name, symlinks=True) if p.is_dir() else shutil.copy2(p, new / p.name)
+
+
+def _commit_dir(tmp: Path, path: Path, carry_over: bool = False) -> None:
+    """Put the finished folder `tmp` at `path`, atomically; the folder it replaces is deleted afterwards (`carry_over`:
+    what only the old folder holds is kept)."""
+    if carry_over and path.is_dir(): _carry_over(path, tmp)
     if path.exists() and _exchange(tmp, path):
         shutil.rmtree(tmp, ignore_errors=True)          # after the exchange `tmp` holds the old folder
         return
@@ -126,11 +140,12 @@ def _commit_dir(tmp: Path, path: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(path: Path | str, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(path: Path | str, overwrite: bool = True, carry_over: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one step (the old one is removed only
-    after the new one is in place). On error the temporary folder is deleted and `path` is untouched. The folder
-    gets the mode `mkdir` would give (0o777 less the umask). Two writers of one `path` must hold its lock
-    (`claim_output`); a killed writer's temporary folder is cleared by the next claim."""
+    after the new one is in place; `carry_over`: the files of the old one that the new one does not write are kept,
+    as hard links). On error the temporary folder is deleted and `path` is untouched. The folder gets the mode
+    `mkdir` would give (0o777 less the umask). Two writers of one `path` must hold its lock (`claim_output`); a
+    killed writer's temporary folder is cleared by the next claim."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -142,7 +157,7 @@ def atomic_dir(path: Path | str, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _commit_dir(tmp, path)
+    _commit_dir(tmp, path, carry_over)
 
 
 def sha256_path(path: Path | str) -> str:
@@ -376,7 +391,7 @@ def check_out(out: Path | str, flag: str = "out") -> Path:
                          "(e.g. runs/my-run)")
     if full.exists() and not full.is_dir():
         raise ValueError(f"{flag}: {out} is a file; give a folder")
-    anc = next(p for p in [full, *full.parents] if p.exists())
+    anc = next(p for p in full.parents if p.exists())   # results are made beside `out` and swapped in: its parent
     if not anc.is_dir():
         raise ValueError(f"{flag}: {anc} is a file, so {out} cannot be created under it")
     try:

@@ -264,6 +264,17 @@ def test_a_bug_is_not_disguised_as_a_usage_error(monkeypatch, place):
         main(["unlearn", "--quiet", "--out", "{tmp}/u".format(**place)])
 
 
+def test_a_diverged_run_is_one_line(monkeypatch, place, capsys):
+    "A run that diverges stops with the trainer's message (the last good checkpoint intact), not a traceback."
+    import erasediff.unlearn as UN
+    from erasediff.train import NonFiniteLossError
+    def diverge(*a, **k): raise NonFiniteLossError("loss=nan at step 3; the last good checkpoint is left untouched")
+    monkeypatch.setattr(UN, "unlearn", diverge)
+    assert main(["unlearn", "--quiet", "--out", "{tmp}/u".format(**place)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("erasediff unlearn: error: loss=nan at step 3") and err.count("\n") == 1
+
+
 # ---- concurrency and kills: real processes ----
 
 def _cli(*args) -> list[str]:

@@ -111,9 +111,15 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     assert gc["forget_loss_source"] == "the preset's EraseDiff default" and "forget loss 'deviate'" in md
     with pytest.raises(FileExistsError, match="overwrite=True"):
         evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), progress=False)
+    (out / "notes.txt").write_text("mine")                          # a file of the user's beside the reports
     m2 = evaluate_checkpoint(ck, toy_preset(), out=out, classifier=OracleClassifier(), overwrite=True, seed=1,
-                               progress=False, mia_timesteps=(100,))
+                               progress=False, mia_timesteps=(100,), reference_retrain=ck)
     assert json.loads((out / "metrics.json").read_text())["seed"] == 1 and m2["seed"] == 1
+    assert (out / "notes.txt").read_text() == "mine"                # replaced in one step, the rest kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "eval"]   # no temporaries, no lock left
+    for f in ("metrics.json", "metrics.md"):                        # names relative to the output, never absolute
+        assert str(tmp_path) not in (out / f).read_text()
+    assert m2["checkpoint"] == "../ckpt" and m2["weight_distance"]["reference"] == "../ckpt"
 
 
 def test_evaluate_checkpoint_default_out_is_under_cwd(tmp_path, monkeypatch):

@@ -108,3 +108,43 @@ def test_check_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             check_device("cuda")
+
+
+def _commit_many(out: str, n: int, tag: str, q) -> None:
+    "A writer process: `n` tries at replacing `out` under its lock; reports (refused, committed, other errors)."
+    from erasediff.runtime import atomic_dir, claim_output, ResultsInUseError
+    refused = committed = 0; errors = []
+    for i in range(n):
+        try:
+            with claim_output(out):
+                with atomic_dir(out) as tmp:
+                    (tmp / "a.txt").write_text(f"{tag}{i}"); (tmp / "b.txt").write_text(f"{tag}{i}")
+            committed += 1
+        except ResultsInUseError: refused += 1
+        except Exception as e: errors.append(repr(e))
+    q.put((refused, committed, errors))
+
+
+def test_two_processes_replacing_one_folder_never_collide(tmp_path):
+    "Two writers, 200 replacements each: every try either commits or is refused by the lock; nothing is left over."
+    import multiprocessing as mp
+    ctx = mp.get_context("fork"); q = ctx.Queue()
+    out = str(tmp_path / "out")
+    procs = [ctx.Process(target=_commit_many, args=(out, 200, tag, q)) for tag in "xy"]
+    for p in procs: p.start()
+    results = [q.get(timeout=300) for _ in procs]
+    for p in procs: p.join()
+    assert all(not errors for _, _, errors in results), results
+    assert sum(c for _, c, _ in results) + sum(r for r, _, _ in results) == 400 and all(c > 0 for _, c, _ in results)
+    a, b = ((tmp_path / "out" / f).read_text() for f in ("a.txt", "b.txt"))
+    assert a == b                                                     # one writer's folder, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]     # no temporaries, no lock file
+
+
+def test_check_out_names_an_unwritable_place(tmp_path, monkeypatch):
+    import erasediff.runtime as RT
+    def refuse(*a, **k): raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(RT.tempfile, "mkdtemp", refuse)            # what a read-only folder does (even for root)
+    with pytest.raises(ValueError, match="--out: nothing can be written under .*Permission denied"):
+        RT.check_out(tmp_path / "new" / "run", "--out")
+    assert list(tmp_path.iterdir()) == []

@@ -50,6 +50,9 @@ def test_unlearn_writes_folder(tmp_path, ckpt):
     h = json.loads((out / "history.json").read_text())
     assert len(h["history"]) == 4 and len(h["inner"]) == 2
     load_unet(out / "unet")
+    for f in ("metrics.json", "README.md", "history.json", "unet/config.json"):   # no absolute path in what travels
+        assert str(tmp_path) not in (out / f).read_text(), f
+    assert m["source_checkpoint"]["path"] == "../tiny" and m["classifier"]["name"] == "clf"
 
 
 def test_unlearn_no_overwrite(tmp_path, ckpt):
