@@ -3,11 +3,13 @@ in Colab or in JupyterLab before running anything).
 
     python experiments/execute_notebooks.py                      # every nbs/*.ipynb, `#| slow` cells keep their outputs
     python experiments/execute_notebooks.py nbs/04_baselines.ipynb --slow  # also (re)run the slow cells
+    python experiments/execute_notebooks.py --metadata-only               # only the notebook metadata, see below
 
 Writes each notebook back in place (nbs/*.ipynb) and prints its seconds. Each runs in its own folder (as nbdev-test
 runs it); progress bars and temporary paths (replaced by `<tmpdir>`) are kept out of the saved outputs and
-`nbdev-clean` strips the execution metadata. A `#| slow` cell that is not run keeps the outputs it had. Stops at the
-first error without writing that notebook."""
+`nbdev-clean` strips the execution metadata. The notebook's metadata is then written as JupyterLab writes it when it
+opens a notebook (the kernel's display name and `language_info`), so that a notebook opens unmodified. A `#| slow`
+cell that is not run keeps the outputs it had. Stops at the first error without writing that notebook."""
 import argparse
 import copy
 import re
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
 SLOW = re.compile(r"^#\|\s*slow\b", re.M)
@@ -33,6 +37,25 @@ def _noise(o) -> bool:
 def _clean(o):
     s = nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[o])]))
     return nbformat.reads(TMP.sub("<tmpdir>", s), as_version=4).cells[0].outputs[0]
+
+
+def language_info() -> dict:
+    "The `language_info` the python3 kernel reports (what JupyterLab writes into a notebook it opens)."
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        kc.kernel_info()
+        return kc.get_shell_msg(timeout=60)["content"]["language_info"]
+    finally:
+        kc.stop_channels(); km.shutdown_kernel(now=True)
+
+
+def normalize_metadata(path: Path, info: dict) -> None:
+    "Write the notebook's kernelspec and language_info as JupyterLab does on opening it: it then opens unmodified."
+    nb = nbformat.read(path, as_version=4)
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    nb.metadata["kernelspec"] = {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+    nb.metadata["language_info"] = info
+    nbformat.write(nb, path)
 
 
 def execute(path: Path, slow: bool = False, timeout: int = 3600) -> float:
@@ -53,6 +76,7 @@ def execute(path: Path, slow: bool = False, timeout: int = 3600) -> float:
     nbformat.write(nb, path)
     clean = Path(sys.executable).parent / "nbdev-clean"           # the environment's, activated or not
     subprocess.run([str(clean) if clean.exists() else "nbdev-clean", "--fname", str(path)], check=True)
+    normalize_metadata(path, dict(run.metadata.language_info))
     return time.perf_counter() - t
 
 
@@ -60,10 +84,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="*", type=Path, help="default: every nbs/*.ipynb")
     ap.add_argument("--slow", action="store_true", help="also run the `#| slow` cells")
+    ap.add_argument("--metadata-only", action="store_true", help="only write the metadata as JupyterLab would (no run)")
     args = ap.parse_args(argv)
     paths = args.notebooks or sorted(Path(__file__).resolve().parent.parent.glob("nbs/*.ipynb"))
     for p in paths:
         if not p.is_file(): ap.error(f"no notebook {p}")
+    if args.metadata_only:
+        info = language_info()
+        for p in paths: normalize_metadata(p, info)
+        print(f"{len(paths)} notebooks: kernelspec and language_info (Python {info.get('version')}) as JupyterLab writes them")
+        return 0
     for p in paths:
         print(f"{p}: {execute(p, args.slow):.0f} s", flush=True)
     return 0

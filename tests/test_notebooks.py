@@ -20,6 +20,15 @@ def test_notebook_has_kernelspec(path):
     assert ks.get("name") == "python3", ks
 
 
+@pytest.mark.parametrize("path", NBS, ids=lambda p: p.name)
+def test_notebook_metadata_is_what_jupyterlab_writes(path):
+    "Opened in JupyterLab, a notebook is not marked modified: its kernelspec and language_info are the kernel's own "
+    "(`python experiments/execute_notebooks.py --metadata-only` writes them; nbdev-clean would undo it)."
+    meta = json.loads(path.read_text())["metadata"]
+    assert meta["kernelspec"]["display_name"] == "Python 3 (ipykernel)", meta["kernelspec"]
+    assert meta.get("language_info", {}).get("name") == "python" and "version" in meta["language_info"], meta
+
+
 @pytest.mark.parametrize("name, params", [("index", ("forget_classes", "overrides", "seed", "quick")),
                                           ("13_reproduce", ("PRESET", "SEEDS", "OUT", "METHODS"))])
 def test_colab_notebook_installs_in_colab_then_takes_parameters(name, params):
@@ -39,7 +48,7 @@ def test_colab_notebook_installs_in_colab_then_takes_parameters(name, params):
     assert f"colab.research.google.com/github/erasediff/erasediff/blob/main/nbs/{name}.ipynb" in readme
 
 
-CHAPTERS = [p for p in NBS if p.name[:2].isdigit()]
+CHAPTERS = [p for p in NBS if p.name[:2].isdigit() or p.name == "index.ipynb"]   # and the front door
 MACHINE = re.compile(r"(?:/(?:tmp|home|root|Users|work|private/var|var/folders)/[\w.+-]+)|(?:[A-Za-z]:\\\\Users\\\\)")
 
 
