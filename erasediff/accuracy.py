@@ -10,6 +10,7 @@ Docs: https://erasediff.github.io/erasediff/accuracy.html.md"""
 # %% ../nbs/06a_accuracy.ipynb #3d7e85ef
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Optional, Sequence
 
@@ -28,7 +29,7 @@ from .train import confusion_rows, per_class_accuracy, predict, Preset
 # %% auto #0
 __all__ = ['PEER_PROTOCOL_W', 'classify', 'conditional_accuracy', 'accuracy_with_confusion', 'forget_share',
            'forget_class_confidence', 'guidance_scales', 'worst_scales', 'sample_accuracy', 'split_losses',
-           'confusion_markdown', 'forgetting_probe']
+           'confusion_markdown', 'forgetting_probe', 'null_label_leakage']
 
 # %% ../nbs/06a_accuracy.ipynb #247f8972
 def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -237,3 +238,23 @@ def forgetting_probe(model, classifier, schedule, preset: Preset, splits, real_r
     return {"forget": acc["acc_forget"], "remain": acc["acc_remain"],
             "fd_remain": classifier_frechet_distance(classifier, x[keep], real_remain)}
 
+
+# %% ../nbs/06a_accuracy.ipynb #0b2d849c
+def null_label_leakage(model: UNet2DModel, classifier: nn.Module, schedule: NoiseSchedule, sampler: SamplerConfig,
+                       forget_classes: Sequence[int], n_per_class: int, *, seed: int = 0, n_boot: int = N_BOOT,
+                       progress: bool = False) -> Optional[dict]:
+    """What the null label (the unconditional branch of classifier-free guidance) still draws of the forgotten classes:
+    `ceil(n_per_class * K / |F|)` samples of the null label (as many forgotten-class samples as the conditional measure
+    takes, if the null label drew them as often as the data holds them), and the share the classifier assigns to the
+    forgotten classes (`share`, with a bootstrap error bar, and `per_class`), beside that share in a model's data
+    (`data_share` = |F| / K for balanced classes). A model that forgot its labels' path to a class can still draw it
+    from the null label; Retrain, which never saw the class, is the reference. None for an unconditional model."""
+    k = num_classes(model)
+    if k is None: return None
+    fc = [int(c) for c in forget_classes]
+    n = math.ceil(n_per_class * k / len(fc))
+    x = generate(model, schedule, torch.full((n,), k), config=replace(sampler, w=0.0), seed=seed + 7, progress=progress)
+    pred = classify(classifier, x)
+    hit = torch.isin(pred, torch.tensor(fc)).double().numpy()
+    return {"share": float(hit.mean()), "per_class": {str(c): float((pred == c).double().mean()) for c in fc},
+            "data_share": len(fc) / k, "n": n, "bar": bootstrap_mean(hit, n_boot=n_boot, seed=seed, tag="null_label")}

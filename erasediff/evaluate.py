@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .accuracy import (
     _accuracy_error_bars, _accuracy_from_predictions, _checked_labels, _scored_samples, classify,
-    confusion_markdown, guidance_scales, worst_scales)
+    confusion_markdown, guidance_scales, null_label_leakage, worst_scales)
 from .conflict import method_gradient_conflict, run_forget_loss
 from .core import generate, is_main_process, NoiseSchedule, num_classes
 from .data import ForgetSpec, load_dataset, make_splits
@@ -75,6 +75,10 @@ def _headline_rows(m: dict) -> list[str]:
         for w, r in m["accuracy_by_w"].items():
             add(f"classifier accuracy, forget classes, w = {w}", r["forget"], bar=eb("accuracy_by_w", w, "forget"))
             add(f"classifier accuracy, remain classes, w = {w}", r["remain"], bar=eb("accuracy_by_w", w, "remain"))
+    if m.get("null_label"):
+        nl = m["null_label"]
+        add(f"null-label samples classified as a forget class ({nl['n']} samples, w = 0; the data holds "
+            f"{nl['data_share']:.0%}; Retrain is the reference)", nl["share"], bar=eb("null_label", "share"))
     elif "accuracy" in m:
         add("classifier accuracy, forget classes (want ~0)", m["accuracy"]["forget"], bar=eb("accuracy", "forget"))
         add("classifier accuracy, remain classes", m["accuracy"]["remain"], bar=eb("accuracy", "remain"))
@@ -520,6 +524,10 @@ def evaluate_checkpoint(checkpoint, preset="digits", *, reference_retrain=None, 
                 m["accuracy_by_w"] = by_w
                 m["accuracy_worst"] = {"forget": by_w[wf]["forget"], "w_forget": wf, "remain": by_w[wr]["remain"], "w_remain": wr}
                 m["forget_confidence"] = conf_w
+                leak = null_label_leakage(model, classifier, schedule, preset.sampler, forget_classes, n_per_class,
+                                          seed=seed, n_boot=n_boot, progress=progress)
+                _merge_bars(m, {"null_label": {"share": leak.pop("bar")}})
+                m["null_label"] = leak
                 _merge_bars(m, {"accuracy_by_w": {w: b["accuracy"] for w, b in bars_w.items()},
                                 "forget_confidence": {w: b["confidence"] for w, b in bars_w.items()},
                                 "accuracy": bars_w[f"{preset.sampler.w:g}"]["accuracy"]})   # the same samples as accuracy_by_w's

@@ -60,3 +60,17 @@ def test_guidance_scales():
     assert guidance_scales(0.5) == (0.0, 0.5, 1.0)
     assert guidance_scales(1.0) == (0.0, 1.0)
     assert guidance_scales(0.0) == (0.0, 1.0)
+
+
+def test_null_label_leakage_tells_unscrubbed_from_retrain(shipped, tiny_uncond_unet):
+    "The shipped Unscrubbed model's null label draws 2s and 8s about as the data holds them; Retrain, never shown them, less."
+    from dataclasses import replace
+    from erasediff.accuracy import null_label_leakage
+    from erasediff.core import NoiseSchedule
+    from erasediff.train import get_preset
+    p = get_preset("digits"); sched, sampler = NoiseSchedule(p.schedule), replace(p.sampler, steps=10)
+    leak = {w: null_label_leakage(shipped[w], shipped["classifier"], sched, sampler, (2, 8), 10, n_boot=50)
+            for w in ("unscrubbed", "retrain")}
+    assert leak["unscrubbed"]["n"] == 50 and leak["unscrubbed"]["share"] > 0.08
+    assert leak["retrain"]["share"] < leak["unscrubbed"]["share"]
+    assert null_label_leakage(tiny_uncond_unet, shipped["classifier"], sched, sampler, (2,), 2) is None   # no labels

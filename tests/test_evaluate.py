@@ -73,6 +73,9 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     for v in m["accuracy_by_w"].values():
         assert set(v["confusion"]) == {"2", "8"} and all(abs(sum(r) - 1) < 1e-9 for r in v["confusion"].values())
     assert m["weight_distance"]["l2"] == 0.0                      # compared with itself
+    nl = m["null_label"]                                            # what the null label still draws of {2, 8}
+    assert nl["n"] == 15 and 0 <= nl["share"] <= 1 and set(nl["per_class"]) == {"2", "8"} and nl["data_share"] == 0.2
+    assert m["error_bars"]["null_label"]["share"]["value"] == pytest.approx(nl["share"])
     assert m["mia"]["n_members"] > m["mia"]["n_nonmembers"] > 0
     for key in ("classifier_fd", "precision_recall", "kl", "loss", "gradient_conflict", "cost"):
         assert key in m, key
@@ -81,6 +84,7 @@ def test_evaluate_checkpoint_writes_and_refuses_overwrite(tmp_path):
     md = (out / "metrics.md").read_text()
     assert "| metric | value |" in md and "MIA on D_f" in md and "| 2 | yes |" in md
     assert "worst guidance scale" in md and "w = 0" in md and "What the classifier calls" in md
+    assert "null-label samples classified as a forget class (15 samples" in md
     # error bars beside every sample-based figure, under the metric's own path in m["error_bars"]
     eb = m["error_bars"]
     bars = [(eb["accuracy_by_w"][w][g], m["accuracy_by_w"][w][g]) for w in m["accuracy_by_w"] for g in ("forget", "remain")]

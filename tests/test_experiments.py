@@ -67,3 +67,20 @@ def test_bench_methods_prints_one_row_per_method_and_the_speed_ratios(tmp_path, 
     assert rows[1]["prep_s"] > 0
     for m in ("| erasediff |", "| sa |", "| salun |", "speed EraseDiff vs sa", "speed EraseDiff vs salun"):
         assert m in text, m
+
+
+def test_measure_null_label_writes_its_summary(tmp_path, capsys):
+    "One method, one seed, a few samples: the summary names Unscrubbed, Retrain and the method; --out is not overwritten."
+    from erasediff.train import reference_path
+    try:
+        reference_path("digits", "unscrubbed"); reference_path("digits", "retrain"); reference_path("digits", "classifier")
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"shipped digits models not available: {e}")
+    out = tmp_path / "nl"
+    load("measure_null_label").main(["--seeds", "1", "--methods", "so", "--n-per-class", "2", "--out", str(out)])
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["share"]) == {"unscrubbed", "retrain", "so"} and s["n_samples_per_run"] == 10
+    assert all(0 <= r["mean"] <= 1 for r in s["share"].values()) and (out / "null_label.png").exists()
+    assert "| SO |" in (out / "summary.md").read_text() and "minus Retrain" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        load("measure_null_label").main(["--seeds", "1", "--methods", "so", "--out", str(out)])
