@@ -26,7 +26,9 @@ import torch.nn as nn
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from .core import eps_loss, generate, noise_and_timesteps, NoiseSchedule, num_classes, q_sample, SamplerConfig
+from .core import (
+    ddim_step, eps_loss, generate, guided_eps, inference_timesteps, noise_and_timesteps, NoiseSchedule, null_label,
+    num_classes, q_sample, SamplerConfig)
 from .data import ImageSet, InfiniteBatches
 from .objectives import (
     _grads, _labels, _trainable, FinetuneObjective, ForgetLossConfig, ForgetObjective, forgotten_classes,
@@ -35,9 +37,10 @@ from .runtime import atomic_write_bytes, eval_mode, weights_sha256
 from .train import DiffusionObjective, fit, LoopConfig
 
 # %% auto #0
-__all__ = ['NegGradConfig', 'NegGradObjective', 'BlindSpotConfig', 'BlindSpotObjective', 'cache_dir', 'fisher_diagonal',
-           'cached_fisher', 'ewc_penalty', 'SAConfig', 'SAObjective', 'SalUnConfig', 'saliency_mask', 'SalUnObjective',
-           'SOConfig', 'SOObjective', 'TSConfig', 'StagedBatches', 'TSObjective']
+__all__ = ['ESD_VARIANTS', 'NegGradConfig', 'NegGradObjective', 'BlindSpotConfig', 'BlindSpotObjective', 'cache_dir',
+           'fisher_diagonal', 'cached_fisher', 'ewc_penalty', 'SAConfig', 'SAObjective', 'SalUnConfig', 'saliency_mask',
+           'SalUnObjective', 'SOConfig', 'SOObjective', 'TSConfig', 'StagedBatches', 'TSObjective', 'ESDConfig',
+           'ESDObjective']
 
 # %% ../nbs/04_baselines.ipynb #e91d2df6
 def _ddpm_loss(objective, model: nn.Module, batch, generator: torch.Generator, p_uncond: float = 0.0,
@@ -233,6 +236,7 @@ class SAConfig(UnlearnConfig):
     replay_per_class: int = 64               # generated replay images per remaining class
     replay_steps: int = 20                   # DDIM steps of the replay sampler
     replay_w: float = 1.0                    # guidance scale of the replay sampler
+    replay_clip: bool = True                 # clip the replay sampler's x_0 to [-1, 1] (images; False for latents)
     fisher_images: int = 256                 # images of D the Fisher diagonal averages over
     fisher_timesteps: int = 10               # timesteps per image
     cache: bool = True                       # cache the Fisher diagonal (by weights hash)
@@ -288,7 +292,8 @@ class SAObjective(FinetuneObjective):
             keep = [c for c in range(k) if c not in set(self.forget_classes)]
             labels = torch.tensor(keep).repeat_interleave(cfg.replay_per_class)
             model.eval()
-            xs = generate(model, self.schedule, labels, config=SamplerConfig("ddim", cfg.replay_steps, 0.0, cfg.replay_w),
+            xs = generate(model, self.schedule, labels, config=SamplerConfig("ddim", cfg.replay_steps, 0.0, cfg.replay_w,
+                                                                             cfg.replay_clip),
                           seed=self.seed + 777, progress=False)
             model.train()
             names = remain.classes
@@ -455,3 +460,79 @@ class TSObjective(ForgetObjective):
         L_r = self.remain_loss(model, remain, generator)
         _set_grads(model, L_r)
         return {"loss": L_r.item(), "L_r": L_r.item(), "stage": 2.0}
+
+# %% ../nbs/04_baselines.ipynb #5694accd
+ESD_VARIANTS = {"u": (r"^(?!.*\.attn2\.).*",), "x": (r"\.attn2\.",)}   # ESD's train_method 'noxattn' / 'xattn'
+
+
+@dataclass(frozen=True)
+class ESDConfig(UnlearnConfig):
+    """ESD: the forget condition's prediction pulled to the frozen original's negatively guided one (see ESDObjective).
+    `variant` 'u' trains all but cross-attention (`params`, when given, narrows it), 'x' the cross-attention only."""
+    variant: str = "u"
+    negative_guidance: float = 1.0           # eta (ESD: 1.0)
+    start_guidance: float = 2.0              # w of the frozen model's trajectory to x_t (ESD: 3 on SD, i.e. our w = 2)
+    trajectory_steps: int = 25               # DDIM steps of that trajectory (ESD: 50)
+    xt_source: str = "trajectory"            # 'trajectory' (data-free, as released) or 'data' (noised forget images)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.variant not in ESD_VARIANTS: raise ValueError(f"variant must be one of {sorted(ESD_VARIANTS)}, got {self.variant!r}")
+        if self.variant == "x": object.__setattr__(self, "params", ESD_VARIANTS["x"])
+        elif not self.params: object.__setattr__(self, "params", ESD_VARIANTS["u"])
+        if not self.negative_guidance > 0: raise ValueError(f"negative_guidance must be > 0, got {self.negative_guidance}")
+        if not self.start_guidance >= 0: raise ValueError(f"start_guidance must be >= 0, got {self.start_guidance}")
+        if not isinstance(self.trajectory_steps, int) or self.trajectory_steps < 1:
+            raise ValueError(f"trajectory_steps must be an int >= 1, got {self.trajectory_steps!r}")
+        if self.xt_source not in ("trajectory", "data"):
+            raise ValueError(f"xt_source must be 'trajectory' or 'data', got {self.xt_source!r}")
+
+
+class ESDObjective(FinetuneObjective):
+    """ESD (Gandikota et al. 2023) on the forget half of the paired batches (only its labels with
+    xt_source='trajectory'): || eps(x_t, c) - sg(eps*(x_t, null) - eta (eps*(x_t, c) - eps*(x_t, null))) ||^2, eps* the
+    frozen original, x_t from its own guided DDIM trajectory for c stopped at a random step (one per batch)."""
+
+    def __init__(self, schedule, config=ESDConfig(), forget_classes=None, seed=0):
+        super().__init__(schedule, config, forget_classes, seed)
+        self.frozen: Optional[nn.Module] = None
+
+    def check_model(self, model: nn.Module) -> None:
+        if num_classes(model) is None:
+            raise ValueError("ESD needs a conditional model (its target contrasts the forgotten condition with the null "
+                             "one); this model is unconditional")
+        if self.config.variant == "x" and not any(".attn2." in n for n, _ in model.named_parameters()):
+            raise ValueError("ESD-x trains the cross-attention (attn2) of a text-conditioned UNet; this model has none: "
+                             "use ESD-u (method 'esd')")
+
+    def noisy_latents(self, y: torch.Tensor, shape: tuple, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        "x_t (B,C,H,W) and t (B,) from the frozen model's guided DDIM trajectory for labels y (B,), stopped at a random step."
+        cfg = self.config
+        ts = inference_timesteps(self.schedule.T, cfg.trajectory_steps)
+        stop = int(torch.randint(len(ts), (1,), generator=generator))
+        p = next(self.frozen.parameters())
+        x = torch.randn(shape, generator=generator).to(p.device)
+        ratio = self.schedule.T // cfg.trajectory_steps
+        with torch.no_grad():
+            for t in ts[:stop]:
+                x = ddim_step(guided_eps(self.frozen, x, t, y, cfg.start_guidance).float(), x.float(), t, t - ratio, self.schedule,
+                              clip_sample=False)
+        return x, torch.full((len(y),), ts[stop], device=p.device, dtype=torch.long)
+
+    def grads(self, model, batch, generator):
+        if self.frozen is None: self.frozen = _frozen_copy(model)
+        x, y = batch[1]
+        p = next(model.parameters())
+        y = y.to(p.device)
+        if self.config.xt_source == "trajectory":
+            x_t, t = self.noisy_latents(y, tuple(x.shape), generator)
+        else:
+            noise, t = noise_and_timesteps(x.to(p.device), self.schedule, antithetic=self.config.antithetic, generator=generator)
+            x_t = q_sample(x.to(p.device), t, noise, self.schedule)
+        null = torch.full_like(y, null_label(model))
+        with torch.no_grad():
+            e_c, e_u = self.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]), class_labels=torch.cat([y, null])).sample.chunk(2)
+            target = e_u - self.config.negative_guidance * (e_c - e_u)
+        loss = (model(x_t, t, class_labels=y).sample.float() - target.float()).pow(2).mean()
+        _set_grads(model, loss)
+        return {"loss": loss.item(), "L_f": loss.item()}

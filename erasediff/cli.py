@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
-from .names import FORGET_LOSSES, METHOD_NAMES, PRESET_NAMES, PSEUDO_LABELS, WHAT
+from .names import FORGET_LOSSES, METHOD_NAMES, PRESET_NAMES, PSEUDO_LABELS, TEXT_PARAMS, TEXT_PRESET_NAMES, WHAT
 
 # %% auto #0
 __all__ = ['build_parser', 'UsageError', 'main']
@@ -30,8 +30,9 @@ __all__ = ['build_parser', 'UsageError', 'main']
 def _lib() -> SimpleNamespace:
     """The library, imported once the command line is parsed and checked: torch and diffusers take seconds to import,
     and `--help` or a mistyped flag should answer at once (the one reason for imports inside a function here)."""
-    from erasediff import core, evaluate, figures, reproduce, train, unlearn
-    return SimpleNamespace(core=core, evaluate=evaluate, figures=figures, reproduce=reproduce, train=train, unlearn=unlearn)
+    from erasediff import core, evaluate, figures, reproduce, text, train, unlearn
+    return SimpleNamespace(core=core, evaluate=evaluate, figures=figures, reproduce=reproduce, text=text, train=train,
+                           unlearn=unlearn)
 
 # %% ../nbs/15_cli.ipynb #3aa3a40d
 def _print_main(result: dict) -> None:
@@ -62,6 +63,7 @@ def _train_quality(L, args, preset, res) -> dict:
 
 def _cmd_train(args) -> int:
     L = _lib()
+    if args.preset in TEXT_PRESET_NAMES: return _cmd_train_text(L, args)
     preset = L.train.get_preset(args.preset).with_data_root(args.data_root)
     if args.ship or args.eval: L.train.reference_path(preset.name, "classifier")   # needed at the end: checked first
     res = L.train.train_reference(preset, args.what, args.out, forget_classes=args.forget, resume=args.resume,
@@ -78,11 +80,36 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_train_text(L, args) -> int:
+    "`erasediff train` for a text preset: its VAE, its Unscrubbed or its Retrain model."
+    preset = L.text.get_text_preset(args.preset)
+    if args.ship or args.eval: L.train.reference_path(preset.classifier_preset, "classifier")   # checked first
+    res = L.text.train_text_reference(preset, args.what, args.out, vae=args.vae, forget_prompt=args.forget_prompt,
+                                      resume=args.resume, overwrite=args.overwrite, steps=args.steps, seed=args.seed,
+                                      progress=not args.quiet, device=args.device)
+    summary = {"out": str(args.out), "wall_s": round(res.cost["wall_s"], 1), "final_loss": res.history[-1]["loss"]}
+    quality = {}
+    if args.ship or args.eval:
+        clf = L.train.load_reference(preset.classifier_preset, "classifier")
+        quality = L.text.text_quality(preset, args.what, res.model, clf)
+    summary.update(quality)
+    if args.ship:
+        command = "erasediff " + " ".join(shlex.quote(a) for a in args.argv)
+        summary["manifest"] = L.train.ship_reference(args.out, preset.name, args.what, command, quality=quality)
+    _print_main(summary)
+    return 0
+
+
 def _cmd_presets(args) -> int:
     for name, p in _lib().train.PRESETS.items():
         print(f"{name}: dataset={p.dataset} image={p.unet.sample_size}x{p.unet.sample_size}x{p.unet.channels} "
               f"classes={p.unet.num_classes} steps={p.train.steps} batch={p.train.batch_size} device={p.device} "
               f"forget={list(p.forget_classes)}")
+    for name, p in _lib().text.TEXT_PRESETS.items():
+        m = p.model
+        print(f"{name}: text-to-image, images={m.image_size}x{m.image_size}x{m.channels} latents={m.latent_size}x{m.latent_size}x"
+              f"{m.latent_channels} prompts={len(p.table().prompts)} steps={p.train.steps} batch={p.train.batch_size} "
+              f"device={p.device} forget_prompt={p.forget_prompt!r}")
     return 0
 
 # %% ../nbs/15_cli.ipynb #4338fb8d
@@ -98,6 +125,7 @@ _CONFIG_FLAGS = ("lam", "K", "epochs", "rounds", "lr", "rem_num", "batch_size", 
 def _overrides(args) -> dict:
     "The method config's fields given on the command line: the dedicated flags, then `--set NAME=VALUE` (once each)."
     over = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "train_params", None): over["params"] = TEXT_PARAMS[args.train_params]
     for item in args.set or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ValueError(f"--set: expected NAME=VALUE, got {item!r}")
@@ -110,6 +138,13 @@ def _overrides(args) -> dict:
 
 def _cmd_unlearn(args) -> int:
     L = _lib()
+    if args.preset in TEXT_PRESET_NAMES:
+        m = L.unlearn.unlearn(args.preset, out=args.out, forget_prompt=args.forget_prompt, forget_images=args.forget_images,
+                              checkpoint=args.checkpoint, config=_overrides(args) or None, seed=args.seed,
+                              overwrite=args.overwrite, progress=not args.quiet, method=args.method,
+                              eval_per_class=args.eval_per_class, device=args.device)
+        _print_main(m)
+        return 0
     preset = L.train.get_preset(args.preset).with_data_root(args.data_root)
     spec = (L.unlearn.ForgetSpec(attribute=args.forget_attribute) if args.forget_attribute else
             L.unlearn.ForgetSpec(ids=tuple(args.forget_ids)) if args.forget_ids else
@@ -219,9 +254,13 @@ def _add_train(sub) -> None:
     t.add_argument("--preset", default="digits", choices=PRESET_NAMES, help="preset name (see `erasediff presets`)")
     t.add_argument("--what", required=True, choices=WHAT,
                    help="unscrubbed: class-conditional on all of D; retrain: on D_r only; classifier: the evaluation "
-                        "classifier; unconditional: the same UNet without class embedding, on all of D")
+                        "classifier; unconditional: the same UNet without class embedding, on all of D; vae: a text "
+                        "preset's autoencoder (train it first)")
     t.add_argument("--out", required=True, type=_folder, help="run folder (checkpoints, history, samples)")
     t.add_argument("--forget", nargs="+", default=None, help="forget classes for --what retrain (default: the preset's)")
+    t.add_argument("--forget-prompt", default=None,
+                   help="text presets, --what retrain: the concept left out, named in a prompt (default: the preset's)")
+    t.add_argument("--vae", type=_folder, default=None, help="text presets: a trained VAE folder (default: the shipped one)")
     t.add_argument("--steps", type=_COUNT, default=None, help="override the preset's number of steps")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--eval", action="store_true", help="measure the classifier's recognition of CFG samples")
@@ -240,6 +279,14 @@ def _add_unlearn(sub) -> None:
                    help="classes to forget, ids or names (default: the preset's)")
     u.add_argument("--forget-attribute", default=None, help="forget every image with this attribute (e.g. CelebA's Eyeglasses)")
     u.add_argument("--forget-ids", nargs="+", type=_int_in(0), default=None, help="forget these training-set sample ids")
+    u.add_argument("--forget-prompt", default=None,
+                   help="text presets: the concept to forget, named in a prompt, e.g. 'eight' (default: the preset's)")
+    u.add_argument("--forget-images", default=None,
+                   help="text presets: 'data' (training images whose captions carry the concept; the default) or "
+                        "'generate:N' (N images the model generates from the forget prompts, and 4N from the others)")
+    u.add_argument("--train-params", default=None, choices=sorted(TEXT_PARAMS),
+                   help="text presets: the UNet weights trained: noxattn (all but cross-attention; the default), xattn "
+                        "(cross-attention only), full")
     u.add_argument("--out", required=True, type=_folder, help="output folder (unet/, README.md model card, metrics.json)")
     u.add_argument("--checkpoint", default=None, help="diffusers UNet folder or hub name (default: the shipped Unscrubbed model)")
     u.add_argument("--allow-pickle", action="store_true", help=_PICKLE_HELP)
@@ -331,6 +378,20 @@ def _no_repeats(values, flag: str) -> None:
 
 
 def _check_train(args) -> None:
+    text = args.preset in TEXT_PRESET_NAMES
+    if text and args.what not in ("vae", "unscrubbed", "retrain"):
+        raise UsageError(f"--what {args.what}: a text preset trains vae, unscrubbed or retrain (its classifier is the "
+                         "digits preset's)")
+    if not text and args.what == "vae":
+        raise UsageError(f"--what vae: only a text preset ({', '.join(TEXT_PRESET_NAMES)}) has a VAE")
+    if text and args.forget:
+        raise UsageError("--forget: a text preset forgets a concept named in a prompt; use --forget-prompt")
+    if args.forget_prompt is not None and not (text and args.what == "retrain"):
+        raise UsageError("--forget-prompt: only a text preset's --what retrain leaves a concept out")
+    if args.vae is not None and not (text and args.what != "vae"):
+        raise UsageError("--vae: only a text preset's unscrubbed or retrain model is trained on a VAE's latents")
+    if text and args.data_root is not None:
+        raise UsageError("--data-root: a text preset reads the embedded digits")
     if args.forget and args.what != "retrain":
         raise UsageError(f"--forget: only --what retrain leaves classes out (this is --what {args.what})")
     _no_repeats(args.forget, "--forget")
@@ -342,6 +403,23 @@ def _check_train(args) -> None:
 
 
 def _check_unlearn(args) -> None:
+    text = args.preset in TEXT_PRESET_NAMES
+    if text:
+        classy = [f for f, v in (("--forget", args.forget), ("--forget-attribute", args.forget_attribute),
+                                 ("--forget-ids", args.forget_ids)) if v is not None]
+        if classy:
+            raise UsageError(f"{classy[0]}: a text preset forgets a concept named in a prompt; use --forget-prompt")
+        if args.data_root is not None: raise UsageError("--data-root: a text preset reads the embedded digits")
+        if args.allow_pickle: raise UsageError("--allow-pickle: a text pipeline folder is read from safetensors only")
+        if args.forget_images is None: args.forget_images = "data"
+    else:
+        for flag, v in (("--forget-prompt", args.forget_prompt), ("--forget-images", args.forget_images),
+                        ("--train-params", args.train_params)):
+            if v is not None:
+                raise UsageError(f"{flag}: only a text preset ({', '.join(TEXT_PRESET_NAMES)}) forgets by prompt; "
+                                 f"--preset {args.preset} forgets classes (--forget)")
+    if args.train_params and any((s or "").split("=", 1)[0].strip() == "params" for s in args.set or []):
+        raise UsageError("--train-params: the trained weights are given twice (also by --set params=...)")
     given = [f for f, v in (("--forget", args.forget), ("--forget-attribute", args.forget_attribute),
                             ("--forget-ids", args.forget_ids)) if v is not None]
     if len(given) > 1: raise UsageError(f"{' and '.join(given)}: give only one of --forget, --forget-attribute, --forget-ids")
@@ -368,7 +446,8 @@ _FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_clas
           "forget classes": "--forget", "forget ids": "--forget-ids", "forget": "--forget", "forget_classes": "--forget",
           "resume": "--resume", "what": "--what", "method": "--method", "methods": "--methods", "preset": "--preset",
           "steps": "--steps", "seeds": "--seeds", "jobs": "--jobs", "relearn n_images": "--relearn-images",
-          "relearn steps": "--relearn-steps", "checkpoint": "--checkpoint", "forget attribute": "--forget-attribute"}
+          "relearn steps": "--relearn-steps", "checkpoint": "--checkpoint", "forget attribute": "--forget-attribute",
+          "forget_prompt": "--forget-prompt", "vae": "--vae", "forget_images": "--forget-images"}
 
 
 def _flag_of(name: str, command: str) -> Optional[str]:

@@ -25,11 +25,11 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['check_fields', 'ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'num_classes', 'null_label',
-           'check_labels', 'drop_labels', 'predict_eps', 'data_parallel', 'is_main_process', 'batch_shard',
-           'local_rows', 'all_mean', 'mean_scalars', 'noise_and_timesteps', 'eps_loss', 'UNetConfig', 'make_unet',
-           'count_params', 'guided_eps', 'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig', 'sample',
-           'generate', 'diffusers_scheduler', 'sample_with_diffusers', 'make_ema']
+__all__ = ['check_fields', 'check_seed', 'ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'num_classes',
+           'null_label', 'check_labels', 'drop_labels', 'predict_eps', 'data_parallel', 'is_main_process',
+           'batch_shard', 'local_rows', 'all_mean', 'mean_scalars', 'noise_and_timesteps', 'eps_loss', 'UNetConfig',
+           'make_unet', 'count_params', 'guided_eps', 'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig',
+           'sample', 'generate', 'diffusers_scheduler', 'sample_with_diffusers', 'make_ema']
 
 # %% ../nbs/00_core.ipynb #51cb285a
 def _kind_error(name: str, want: str, v) -> ValueError:
@@ -63,6 +63,13 @@ def check_fields(config) -> None:
     so that values from a command line or a JSON file are refused before any work, not deep inside a run."""
     for f in fields(config):
         if isinstance(f.type, str): _check_value(f.name, f.type, getattr(config, f.name))
+
+
+def check_seed(seed, optional: bool = False) -> None:
+    "ValueError unless `seed` is an integer in [0, 2**32) (or None, when `optional`): what every entry point accepts."
+    if optional and seed is None: return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
 # %% ../nbs/00_core.ipynb #aa1c7706
 @dataclass(frozen=True)
@@ -368,7 +375,8 @@ class SamplerConfig:
 def sample(model: UNet2DModel, schedule: NoiseSchedule, n: int, *, labels: Optional[torch.Tensor] = None,
            config: SamplerConfig = SamplerConfig(), generator: Optional[torch.Generator] = None,
            progress: bool = False) -> torch.Tensor:
-    """Draw `n` images (n,C,H,W) from `model`, conditioned on `labels` (n,) (None for unconditional models).
+    """Draw `n` images (n,C,H,W) from `model`, conditioned on `labels` (n,) (None for unconditional models); clamped to
+    [-1, 1] when `config.clip_sample` (images), as they are otherwise (latents of a text model).
     Noise comes from `generator` (on CPU) so runs are reproducible on any device."""
     check_labels(model, labels)
     if labels is not None and len(labels) != n:
@@ -391,7 +399,7 @@ def sample(model: UNet2DModel, schedule: NoiseSchedule, n: int, *, labels: Optio
             noise = randn().float() if t > 0 else None
             x = ddpm_step(eps, x.float(), t, t - ratio, schedule, noise=noise, clip_sample=config.clip_sample)
         x = x.to(p.dtype)
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if config.clip_sample else x    # latents (text models) are not images: no clamp
 
 
 def generate(model: UNet2DModel, schedule: NoiseSchedule, labels: Optional[torch.Tensor] = None, n: Optional[int] = None, *,
@@ -457,7 +465,7 @@ def sample_with_diffusers(model: UNet2DModel, schedule: NoiseSchedule, n: int, *
         eps = model(x, torch.full((n,), int(t)), class_labels=labels).sample
         kw = dict(eta=config.eta) if config.sampler == "ddim" else {}
         x = sch.step(eps, t, x, generator=generator, **kw).prev_sample
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if config.clip_sample else x
 
 # %% ../nbs/00_core.ipynb #52af9610
 def make_ema(model: UNet2DModel, decay: float = 0.999) -> EMAModel:

@@ -27,7 +27,7 @@ from .accuracy import (
     _accuracy_error_bars, _accuracy_from_predictions, _checked_labels, _scored_samples, classify,
     confusion_markdown, guidance_scales, null_label_leakage, worst_scales)
 from .conflict import method_gradient_conflict, run_forget_loss
-from .core import generate, is_main_process, NoiseSchedule, num_classes
+from .core import check_seed, generate, is_main_process, NoiseSchedule, num_classes
 from .data import ForgetSpec, load_dataset, make_splits
 from .measures import (
     _fmt, _get, _inception_file, bootstrap_frechet, bootstrap_mean, classifier_features, default_inception_path,
@@ -362,8 +362,7 @@ def _eval_setup(checkpoint, preset, out, n_per_class, overwrite, device, incepti
         out = default_eval_out(checkpoint)
     out = check_out(out, "out")
     _check_unevaluated(out, overwrite)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    check_seed(seed)
     if n_per_class is not None and (isinstance(n_per_class, bool) or not isinstance(n_per_class, int)
                                     or not 2 <= n_per_class <= MAX_PER_CLASS):
         raise ValueError(f"n_per_class must be an integer in [2, {MAX_PER_CLASS}] (a covariance needs 2 samples), "

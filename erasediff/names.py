@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'FORGET_LOSSES', 'PSEUDO_LABELS', 'PRESET_NAMES', 'WHAT', 'About', 'about']
+__all__ = ['METHOD_NAMES', 'FORGET_LOSSES', 'PSEUDO_LABELS', 'PRESET_NAMES', 'TEXT_PRESET_NAMES', 'TEXT_PARAMS', 'WHAT', 'About',
+           'about']
 
 # %% ../nbs/00b_names.ipynb #7b57db21
 class About(NamedTuple):
@@ -29,12 +30,18 @@ METHOD_NAMES: dict[str, About] = {
     "salun": About("SalUn", "SalUn: the trajectory-deviation forget loss + alpha * L_r on the top-50% salient weights"),
     "so": About("SO", "SO: L_r + lambda * L_f in one step, no inner loop (ablation)"),
     "ts": About("TS", "TS: forget only (L_f), then finetune on D_r (ablation)"),
+    "esd": About("ESD-u", "ESD-u: the forgotten condition pulled to the original's negatively guided prediction, all but cross-attention, data-free"),
+    "esd_x": About("ESD-x", "ESD-x: ESD on the cross-attention only (text-conditioned models)"),
 }
 
 FORGET_LOSSES = ("deviate", "uniform", "gaussian", "retarget")   # the forget losses L_f (erasediff.objectives)
 PSEUDO_LABELS = ("per_class", "per_sample", "per_batch")         # how 'deviate' draws its pseudo classes
-PRESET_NAMES = ("digits", "cifar10")                             # erasediff.train.PRESETS
-WHAT = ("unscrubbed", "retrain", "classifier", "unconditional")   # the reference models a preset trains and ships
+PRESET_NAMES = ("digits", "cifar10", "digits-text")              # erasediff.train.PRESETS, erasediff.text.TEXT_PRESETS
+TEXT_PRESET_NAMES = ("digits-text",)                             # the text-to-image ones
+# which weights of a text-to-image model an unlearning method trains (regexes over a PromptUNet's parameter names):
+# all of the UNet but its cross-attention (the authors' released SD default, ESD-u), its cross-attention only (ESD-x), all
+TEXT_PARAMS = {"noxattn": (r"^unet\.(?!.*\.attn2\.)",), "xattn": (r"^unet\..*\.attn2\.",), "full": (r"^unet\.",)}
+WHAT = ("unscrubbed", "retrain", "classifier", "unconditional", "vae")  # the reference models a preset trains and ships
 
 
 def about(name: str) -> dict:

@@ -33,11 +33,11 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .core import (
-    all_mean, batch_shard, check_fields, data_parallel, eps_loss, generate, is_main_process, local_rows, make_ema, make_unet,
-    mean_scalars, NoiseSchedule, num_classes, SamplerConfig, ScheduleConfig, UNetConfig)
+    all_mean, batch_shard, check_fields, check_seed, data_parallel, eps_loss, generate, is_main_process, local_rows, make_ema,
+    make_unet, mean_scalars, NoiseSchedule, num_classes, SamplerConfig, ScheduleConfig, UNetConfig)
 from .data import (
     _torchvision, DATASETS, ForgetSpec, ImageSet, InfiniteBatches, load_dataset, make_splits, with_data_root)
-from .names import WHAT
+from .names import TEXT_PRESET_NAMES, WHAT
 from .runtime import (
     atomic_dir, atomic_write_bytes, atomic_write_json, check_device, check_out, claim_output, default_device, measure,
     save_weights, sha256_path)
@@ -46,8 +46,8 @@ from .runtime import (
 __all__ = ['CLASSIFIERS', 'PRESETS', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig', 'NonFiniteLossError',
            'FitResult', 'check_data_parallel', 'fit', 'DigitsClassifier', 'ResNetClassifier', 'predict', 'accuracy',
            'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid',
-           'show_grid', 'save_grid', 'save_png', 'train_reference', 'data_dir', 'read_manifest', 'reference_path',
-           'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
+           'show_grid', 'save_grid', 'save_png', 'check_run_folder', 'train_reference', 'in_run_folder', 'data_dir',
+           'read_manifest', 'reference_path', 'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -443,7 +443,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     "The run folder's rules: a non-empty one needs `resume` or `overwrite`; `resume` needs a checkpoint in it."
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"out: {out} exists and is not empty; pass resume=True (CLI: --resume) to continue it or "
@@ -464,24 +464,31 @@ def train_reference(preset: Preset | str, what: str, out: Path | str, *, forget_
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if what not in WHAT:
         raise ValueError(f"what must be one of {WHAT}, got {what!r}")
+    if what == "vae":
+        raise ValueError(f"what='vae': only a text-to-image preset ({', '.join(TEXT_PRESET_NAMES)}) has a VAE to train")
     out = check_out(out, "out")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run in out, overwrite starts over")
-    _check_run_folder(out, resume, overwrite)
+    check_run_folder(out, resume, overwrite)
     if forget_classes is not None and what != "retrain":
         raise ValueError(f"forget_classes: only what='retrain' leaves classes out (CLI: --forget with --what retrain), "
                          f"not what={what!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    check_seed(seed, optional=True)
     dev = check_device(device) if device is not None else default_device(preset.device)
     train, test = preset.load_data()
     splits = make_splits(train, test, preset.forget_spec(forget_classes))  # validates the forget classes first
     base = preset.classifier.loop if what == "classifier" else preset.train
     loop = replace(base, **{k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})   # validated
     run = lambda folder: _train_work(preset, what, folder, train, test, splits, loop, resume, progress, dev)
+    return in_run_folder(out, resume, overwrite, run)
+
+
+def in_run_folder(out: Path, resume: bool, overwrite: bool, run: Callable[[Path], FitResult]) -> FitResult:
+    """`run(folder)` for the checked run folder `out`, locked while it trains (a second run into it is refused); with
+    `overwrite` on a finished run, in a temporary folder beside it that replaces `out` only when `run` returns."""
     if not is_main_process(): return run(out)      # under `accelerate launch`, rank 0 alone writes (and locks)
     with claim_output(out, who="erasediff train", flag="out"):
-        _check_run_folder(out, resume, overwrite)   # a run that finished while this one was checking
+        check_run_folder(out, resume, overwrite)   # a run that finished while this one was checking
         if not (overwrite and out.exists() and any(out.iterdir())): return run(out)
         with atomic_dir(out) as work:               # the old run stays until this one is complete
             return run(work)
@@ -577,7 +584,7 @@ def ship_reference(run_dir: Path | str, preset: str, what: str, command: str, *,
         shutil.copytree(run_dir / "model", tmp, dirs_exist_ok=True)
         for extra in ("run.json", "history.json", "samples.png"):
             if (run_dir / extra).exists(): shutil.copy(run_dir / extra, tmp / extra)
-    files = {f.name: sha256_path(f) for f in sorted(dest.iterdir()) if f.is_file()}
+    files = {f.relative_to(dest).as_posix(): sha256_path(f) for f in sorted(dest.rglob("*")) if f.is_file()}
     entry = {"path": f"{preset}/{what}", "sha256": sha256_path(dest), "files": files,
              "command": command, "seed": run["loop"]["seed"], "steps": run["loop"]["steps"],
              "train_seconds": round(run["cost"]["wall_s"], 1), "peak_rss_mb": run["cost"].get("peak_rss_mb"),

@@ -22,7 +22,9 @@ import torch.nn as nn
 from diffusers import UNet2DModel
 
 from .accuracy import confusion_markdown, sample_accuracy, split_losses
-from .core import generate, is_main_process, NoiseSchedule, num_classes, SamplerConfig
+from .core import check_seed, generate, is_main_process, NoiseSchedule, num_classes, SamplerConfig
+from .concepts import (
+    concept_data, concept_report, grid_prompts, parse_forget_images, plot_prompt_grids, prompt_grid)
 from .data import ForgetSpec, ImageSet, make_splits, Splits
 from .membership import membership_inference, memorization_report, plot_memorization
 from .methods import default_config, get_method, make_objective, METHODS
@@ -32,9 +34,12 @@ from .runtime import (
     default_device, load_unet, save_weights, sha256_path, unet_config_path, weights_sha256)
 from .train import (
     check_data_parallel, CLASSIFIERS, fit, get_preset, predict, Preset, reference_path, save_grid, save_png)
+from .text import (
+    forget_ids, get_text_preset, is_pipeline_folder, load_prompt_unet, PromptUNet, resolve_prompt, TEXT_PRESETS, TextPreset)
 
 # %% auto #0
-__all__ = ['MAX_EVAL_PER_CLASS', 'sample_level_metrics', 'model_card', 'unlearn']
+__all__ = ['MAX_EVAL_PER_CLASS', 'DEFAULT_FORGET', 'sample_level_metrics', 'model_card', 'unlearn', 'unlearn_concept',
+           'concept_model_card']
 
 # %% ../nbs/10_unlearn.ipynb #4bda387f
 def sample_level_metrics(model: UNet2DModel, splits: Splits, schedule: NoiseSchedule, sampler: SamplerConfig,
@@ -283,26 +288,46 @@ def _config_for(preset: Preset, method: str, config, conditional: Optional[bool]
 MAX_EVAL_PER_CLASS = 10_000     # samples per class and guidance scale: the protocol's 5,000 of CIFAR-10, twice
 
 
-def unlearn(preset: str | Preset = "digits", forget=(2, 8), out: Path | str = "runs/unlearn", *, checkpoint=None,
-            config: Optional[UnlearnConfig | dict] = None, seed: int = 0, overwrite: bool = False, progress: bool = True,
-            classifier=None, method: str = "erasediff", eval_per_class: Optional[int] = None,
+DEFAULT_FORGET = (2, 8)         # the class presets' default; a text preset forgets `forget_prompt` instead
+
+
+def unlearn(preset: str | Preset | TextPreset = "digits", forget=DEFAULT_FORGET, out: Path | str = "runs/unlearn", *,
+            checkpoint=None, config: Optional[UnlearnConfig | dict] = None, seed: int = 0, overwrite: bool = False,
+            progress: bool = True, classifier=None, method: str = "erasediff", eval_per_class: Optional[int] = None,
             sampler: Optional[SamplerConfig] = None, device: Optional[str] = None, allow_pickle: bool = False,
-            callback: Optional[Callable[[int, nn.Module, dict], None]] = None) -> dict:
+            callback: Optional[Callable[[int, nn.Module, dict], None]] = None, forget_prompt: Optional[str] = None,
+            forget_images: str = "data") -> dict:
     """Make a diffusion model of `preset` forget `forget` (classes, or a ForgetSpec) with `method`, and write `out/`
     (unet/, README.md, metrics.json, history.json). `checkpoint`: a diffusers UNet folder or hub name (default: the
     preset's shipped Unscrubbed model; safetensors only unless `allow_pickle`); `config`: the method's config or a dict
     of overrides of `default_config(preset)`; `classifier`: evaluation classifier folder (default: the shipped one);
     `eval_per_class=0` skips the sample accuracy. Every input is checked before any work; `out` is locked for the run
     (a second run into it is refused) and an old result there is replaced, with `overwrite`, only once the new one is
-    complete. Returns the metrics (also in out/metrics.json)."""
+    complete. Returns the metrics (also in out/metrics.json).
+    A text preset (`digits-text`) forgets the concept named by `forget_prompt` (default: the preset's) instead of
+    classes, from `forget_images` ('data' or 'generate:N', see `concepts.concept_data`), and writes a pipeline folder
+    (see `unlearn_concept`); `eval_per_class` is then the samples per prompt."""
     t_start = time.perf_counter()
     # ---- checks, before any work ----
+    if isinstance(preset, TextPreset) or (isinstance(preset, str) and preset in TEXT_PRESETS):
+        if forget is not DEFAULT_FORGET:
+            raise ValueError("forget: a text model forgets a concept named in a prompt, not classes; pass forget_prompt "
+                             "(CLI: --forget-prompt), e.g. forget_prompt='eight'")
+        return unlearn_concept(preset, forget_prompt, out, checkpoint=checkpoint, config=config, seed=seed,
+                               overwrite=overwrite, progress=progress, classifier=classifier, method=method,
+                               eval_per_prompt=eval_per_class, sampler=sampler, device=device, forget_images=forget_images,
+                               callback=callback, t_start=t_start)
+    if forget_prompt is not None:
+        raise ValueError(f"forget_prompt: preset {getattr(preset, 'name', preset)!r} is class-conditional and forgets classes "
+                         f"(forget=...); a prompt needs a text preset ({', '.join(TEXT_PRESETS)})")
+    if forget_images != "data":
+        raise ValueError(f"forget_images: only a text preset ({', '.join(TEXT_PRESETS)}) can forget generated images; "
+                         f"got {forget_images!r}")
     preset = get_preset(preset) if isinstance(preset, str) else preset
     get_method(method)
     out = check_out(out, "out")
     _check_free(out, overwrite)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    check_seed(seed)
     if device is not None: check_device(device)              # e.g. 'cuda' on a machine without a GPU
     n_eval = preset.eval_per_class if eval_per_class is None else eval_per_class
     if isinstance(n_eval, bool) or not isinstance(n_eval, int) or not 0 <= n_eval <= MAX_EVAL_PER_CLASS:
@@ -385,3 +410,172 @@ def _unlearn_work(preset, method, spec, splits, train, model, source, objective,
             save_grid(x_after[pick], n if num_classes(model) else 8, tmp / "samples_after.png", f"after {method}")
     return metrics
 
+
+# %% ../nbs/10_unlearn.ipynb #af47872a
+def _load_text_checkpoint(preset: TextPreset, checkpoint, device, out: Path) -> tuple[PromptUNet, dict]:
+    "The text model to unlearn (default: the preset's shipped Unscrubbed pipeline) and where it came from."
+    if isinstance(checkpoint, PromptUNet): return checkpoint.to(device), {"name": "in-memory model", "path": None, "sha256": None}
+    if checkpoint is None:
+        path, name = reference_path(preset.name, "unscrubbed"), f"{preset.name}/unscrubbed (shipped)"
+    else:
+        path = Path(checkpoint)
+        if not path.exists(): raise FileNotFoundError(f"checkpoint {path} not found (expected a text-to-image pipeline folder)")
+        if not is_pipeline_folder(path):
+            raise ValueError(f"checkpoint {path} is not a text-to-image pipeline folder of this package (model_index.json "
+                             f"and prompts.json); a class-label UNet is unlearned with a class preset (e.g. 'digits')")
+        name = str(checkpoint) if not path.is_absolute() else path.name
+    model = load_prompt_unet(path, device)
+    rel = None if checkpoint is None else os.path.relpath(Path(path).resolve(), out.resolve())
+    return model, {"name": name, "path": rel, "sha256": sha256_path(path)}
+
+
+def unlearn_concept(preset: str | TextPreset = "digits-text", forget_prompt: Optional[str] = None,
+                    out: Path | str = "runs/unlearn-text", *, checkpoint=None, config: Optional[UnlearnConfig | dict] = None,
+                    seed: int = 0, overwrite: bool = False, progress: bool = True, classifier=None,
+                    method: str = "erasediff", eval_per_prompt: Optional[int] = None, sampler: Optional[SamplerConfig] = None,
+                    device: Optional[str] = None, forget_images: str = "data",
+                    callback: Optional[Callable[[int, nn.Module, dict], None]] = None,
+                    t_start: Optional[float] = None) -> dict:
+    """Make a text-to-image model of a text preset forget the concept named by `forget_prompt` (default: the
+    preset's) with `method`, and write `out/` (pipeline/, README.md, metrics.json, history.json, samples_*.png). Every
+    input is checked before any work; `out` is locked and replaced only once complete (as `unlearn`)."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    preset = get_text_preset(preset) if isinstance(preset, str) else preset
+    m = get_method(method)
+    if not m.text:
+        raise ValueError(f"method: {m.label} has no text-to-image form here ({m.text_note}); choose one of "
+                         f"{sorted(k for k, v in METHODS.items() if v.text)}")
+    out = check_out(out, "out")
+    _check_free(out, overwrite)
+    check_seed(seed)
+    if device is not None: check_device(device)
+    n_eval = preset.eval_per_prompt if eval_per_prompt is None else eval_per_prompt
+    if isinstance(n_eval, bool) or not isinstance(n_eval, int) or not 0 <= n_eval <= MAX_EVAL_PER_CLASS:
+        raise ValueError(f"eval_per_class must be an integer in [0, {MAX_EVAL_PER_CLASS}] (samples per prompt), got {n_eval!r}")
+    prompt = preset.forget_prompt if forget_prompt is None else forget_prompt
+    resolve_prompt(prompt, preset.table())                      # empty / no concept / every concept
+    parse_forget_images(forget_images)
+    if isinstance(checkpoint, (str, Path)) and Path(checkpoint).exists() and not is_pipeline_folder(checkpoint):
+        _load_text_checkpoint(preset, checkpoint, "cpu", out)   # its error, before anything is loaded
+    config = _resolve_config(preset.name, method, config)
+    sampler = sampler or preset.sampler
+    dev = device or default_device(preset.device)
+    model, source = _load_text_checkpoint(preset, checkpoint, dev, out)
+    resolve_prompt(prompt, model.table)
+    fids = forget_ids(model.table, prompt)
+    select_params(model, config.params)
+    schedule = NoiseSchedule(preset.schedule)
+    objective = make_objective(method, schedule, config, fids, seed)
+    objective.check_model(model)
+    clf, clf_info = (_load_classifier(get_preset(preset.classifier_preset), classifier, dev) if n_eval else (None, None))
+    source["weights_sha256"] = weights_sha256(model)
+    with claim_output(out, who="erasediff unlearn", flag="out"):
+        _check_free(out, overwrite)
+        return _unlearn_concept_work(preset, method, prompt, forget_images, model, source, objective, config, schedule,
+                                     sampler, clf, clf_info, n_eval, seed, progress, callback, t_start, out) | {"out": str(out)}
+
+
+def _unlearn_concept_work(preset, method, prompt, forget_images, model, source, objective, config, schedule, sampler,
+                          clf, clf_info, n_eval, seed, progress, callback, t_start, out: Path) -> dict:
+    "The work of `unlearn_concept` once every input is checked."
+    torch.manual_seed(seed)
+    concepts = resolve_prompt(prompt, model.table)
+    remain, forget, data_info = concept_data(preset, model, prompt, forget_images, seed, progress)
+    _, test = preset.load_images()
+    real = test.tensors()
+    measure_model = lambda mdl: (concept_report(mdl.eval(), clf, schedule, sampler, concepts, real, n_per_prompt=n_eval,
+                                                seed=seed, progress=progress) if n_eval else {})
+    before = measure_model(model)
+    rows = grid_prompts(model.table, concepts)
+    grid_before = prompt_grid(model, schedule, sampler, rows, seed=seed)
+    params = [p for _, p in select_params(model, config.params)]
+    res = fit(model, objective, objective.make_batches(remain, forget, seed=seed), config.loop(seed), params=params,
+              progress=progress, callback=callback, desc=method)
+    for p in res.model.parameters(): p.requires_grad_(True)
+    after = measure_model(res.model)
+    metrics = {"preset": preset.name, "method": method, "seed": seed,
+               "forget": {"kind": "prompt", "prompt": prompt, "concepts": list(concepts),
+                          "description": f"the concept{'s' if len(concepts) > 1 else ''} of {prompt!r}",
+                          "prompt_ids": len(forget_ids(model.table, prompt))},
+               **data_info, "config": asdict(config), "steps": config.steps, "source_checkpoint": source,
+               "classifier": clf_info, "eval_per_prompt": n_eval, "sampler": asdict(sampler), "before": before,
+               "after": after, "unlearn_seconds": res.cost["wall_s"], "peak_rss_mb": res.cost.get("peak_rss_mb"),
+               "cuda_peak_mb": res.cost.get("cuda_peak_mb"), "device": str(next(model.parameters()).device),
+               "torch": torch.__version__, "final": res.history[-1] if res.history else None}
+    metrics["total_seconds"] = time.perf_counter() - t_start
+    with atomic_dir(out, overwrite=True) as tmp:
+        save_weights(res.model, tmp / "pipeline")
+        atomic_write_json(tmp / "metrics.json", metrics)
+        atomic_write_json(tmp / "history.json", {"history": res.history, "inner": getattr(objective, "inner_log", [])})
+        (tmp / "README.md").write_text(concept_model_card(metrics))
+        grid_after = prompt_grid(res.model, schedule, sampler, rows, seed=seed)
+        save_png(plot_prompt_grids(grid_before, grid_after, [model.table.prompts[i] for i in rows], method),
+                 tmp / "samples.png")
+    return metrics
+
+
+def concept_model_card(m: dict) -> str:
+    "The README.md (model card) of a text-to-image model unlearned by prompt, from its metrics dict."
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+    b, a = m.get("before") or {}, m.get("after") or {}
+    rows = []
+    for w in (a.get("forgotten") or {}):
+        for split, what in (("train", "training templates"), ("paraphrase", "held-out paraphrases")):
+            rows.append(f"| concept shown, {what}, w = {w} (want ≈ 0) | {pct(b['forgotten'][w][split]['value'])} | "
+                        f"{pct(a['forgotten'][w][split]['value'])} |")
+    if a:
+        rows += [f"| **worst of the above** | {pct(b['worst_forgotten']['share'])} | **{pct(a['worst_forgotten']['share'])}** "
+                 f"(w = {a['worst_forgotten']['w']}, {a['worst_forgotten']['prompts']}) |",
+                 f"| concept shown by the null prompt \"\" (w = 0) | {pct(b['null_prompt']['value'])} | {pct(a['null_prompt']['value'])} |",
+                 f"| remaining concepts: prompt fidelity, training templates (w = {m['sampler']['w']:g}) | "
+                 f"{pct(b['remaining_train']['value'])} | {pct(a['remaining_train']['value'])} |",
+                 f"| remaining concepts: prompt fidelity, paraphrases | {pct(b['remaining_paraphrase']['value'])} | "
+                 f"{pct(a['remaining_paraphrase']['value'])} |",
+                 f"| nearest concepts {a['nearest']['concepts']}: fidelity | "
+                 f"{', '.join(pct(v) for v in b['nearest']['fidelity'].values())} | {', '.join(pct(v) for v in a['nearest']['fidelity'].values())} |",
+                 f"| FID of the remaining concepts (classifier features) | {b['fid_remaining']:.2f} | {a['fid_remaining']:.2f} |"]
+    src = m["source_checkpoint"]
+    return f"""---
+library_name: diffusers
+tags: [erasediff, machine-unlearning, concept-erasure, text-to-image, {m['preset']}]
+---
+
+# {METHODS[m['method']].label} unlearning of `{src['name']}`: {m['forget']['description']} erased
+
+A text-to-image model ({m['preset']}) made to forget **{m['forget']['description']}** (digits {m['forget']['concepts']})
+with **{METHODS[m['method']].label}** ({METHODS[m['method']].description}), from {m['forget_images']} forget images
+({m['n_forget']} forgotten, {m['n_remain']} kept). Made with `erasediff.unlearn.unlearn_concept`.
+
+```python
+pipe = StableDiffusionPipeline.from_pretrained("<this folder>/pipeline")
+```
+
+## Source
+
+- checkpoint: `{src['name']}`, sha256 `{src['sha256']}`; weights (tensors) sha256 `{src['weights_sha256']}`
+- seed: {m['seed']}
+
+## Metrics (before → after)
+
+{m['eval_per_prompt']} samples per prompt, {m['sampler']['sampler'].upper()} with {m['sampler']['steps']} steps, the same noise
+before and after; what a sample shows is read by the classifier `{(m.get('classifier') or {}).get('name')}` on the decoded
+image. w is this package's guidance scale (Stable Diffusion's guidance_scale is w + 1).
+
+| metric | before | after |
+|---|---|---|
+{chr(10).join(rows)}
+
+Unlearning cost: {m['unlearn_seconds']:.1f} s wall time for {m['steps']} outer steps on {m['device']}, peak memory
+{m['peak_rss_mb'] or float('nan'):.0f} MB (process RSS).
+
+## Hyperparameters
+
+| field | value |
+|---|---|
+{_config_table_from_dict(m['config'])}
+
+## Limitations
+
+A classifier reading decoded samples measures whether the concept is still drawn for these prompts, not whether it can
+be brought back: fine-tuning or an optimised prompt may recover it (see the attack suite). {_where_to(m)}
+"""

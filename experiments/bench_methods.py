@@ -28,7 +28,7 @@ import torch
 from erasediff.accuracy import sample_accuracy   # in eval mode, the model's mode restored
 from erasediff.methods import METHODS
 
-ALL = tuple(METHODS)   # every method of the registry
+ALL = tuple(m for m in METHODS if m != "esd_x")   # every method of the registry that runs on a class-label UNet
 
 
 def probe(model, clf, schedule, sampler, forget, n_classes, n, seed):

@@ -81,7 +81,7 @@ CASES = [
     ("unlearn-pseudo-label-with-ids", U("--forget-ids", "1", "2", "--pseudo-label", "per_sample"), "--pseudo-label"),
     ("unlearn-pool-with-deviate", U("--forget-loss", "deviate", "--retarget-pool", "10"), "--retarget-pool"),
     ("unlearn-pool-default-deviate", U("--retarget-pool", "10"), "--retarget-pool"),
-    ("unlearn-method-unknown", U("--method", "esd"), "--method"),
+    ("unlearn-method-unknown", U("--method", "nope"), "--method"),
     ("unlearn-lam-for-finetune", U("--method", "finetune", "--lam", "0.5"), "--lam"),
     ("unlearn-loss-for-neggrad", U("--method", "neggrad", "--forget-loss", "uniform"), "--forget-loss"),
     ("unlearn-K-for-sa", U("--method", "sa", "--K", "3"), "--K"),
