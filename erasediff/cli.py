@@ -126,6 +126,8 @@ def _overrides(args) -> dict:
     "The method config's fields given on the command line: the dedicated flags, then `--set NAME=VALUE` (once each)."
     over = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "train_params", None): over["params"] = TEXT_PARAMS[args.train_params]
+    if getattr(args, "anchor_prompt", None) is not None:   # deviate every forgotten prompt to this caption
+        over.update(forget_loss=over.get("forget_loss", "deviate"), pseudo_label="anchor", anchor=args.anchor_prompt)
     for item in args.set or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ValueError(f"--set: expected NAME=VALUE, got {item!r}")
@@ -170,6 +172,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_reproduce(args) -> int:
     L = _lib()
     R = L.reproduce
+    if args.preset in TEXT_PRESET_NAMES: return _cmd_reproduce_text(L, args)
     rl = {k: v for k, v in (("n_images", args.relearn_images), ("steps", args.relearn_steps)) if v is not None}
     cfg = R.ReproduceConfig(preset=args.preset, seeds=args.seeds, n_per_class=args.n_per_class, sweep=not args.no_sweep,
                             relearn=replace(R.RelearnConfig(), **rl), device=args.device, jobs=args.jobs,
@@ -180,6 +183,19 @@ def _cmd_reproduce(args) -> int:
     print((Path(s["out"]) / "table.md").read_text())
     print(json.dumps({"out": s["out"], "jobs": s["jobs"], "stages_computed": len(s["computed"]),
                       "stages_reused": len(s["reused"]), "wall_s": round(s["wall_s"], 1)}, indent=2))
+    return 0
+
+
+def _cmd_reproduce_text(L, args) -> int:
+    "`erasediff reproduce` for a text preset: every text method's row (EraseDiff also from generated images), over seeds."
+    rows = None if not args.methods else tuple((m, "data") for m in args.methods) + (
+        (("erasediff", "generate:512"),) if "erasediff" in args.methods else ())
+    s = L.reproduce.reproduce_text(args.preset, args.out, seeds=args.seeds, rows=rows,
+                                   n_per_prompt=args.n_per_class or L.reproduce.TEXT_N_PER_PROMPT, progress=not args.quiet)
+    if not args.no_figures:
+        L.figures.save_figure(L.figures.plot_text_forgetting(s["out"]), Path(s["out"]) / "forgetting")
+    print((Path(s["out"]) / "table.md").read_text())
+    print(json.dumps({"out": s["out"], "computed": len(s["computed"]), "wall_s": round(s["wall_s"], 1)}, indent=2))
     return 0
 
 # %% ../nbs/15_cli.ipynb #14c9055c
@@ -287,6 +303,9 @@ def _add_unlearn(sub) -> None:
     u.add_argument("--train-params", default=None, choices=sorted(TEXT_PARAMS),
                    help="text presets: the UNet weights trained: noxattn (all but cross-attention; the default), xattn "
                         "(cross-attention only), full")
+    u.add_argument("--anchor-prompt", default=None,
+                   help="text presets: deviate the forgotten prompts to this caption of the model's table ('' = the null "
+                        "prompt): the 'deviate' loss with pseudo label 'anchor'")
     u.add_argument("--out", required=True, type=_folder, help="output folder (unet/, README.md model card, metrics.json)")
     u.add_argument("--checkpoint", default=None, help="diffusers UNet folder or hub name (default: the shipped Unscrubbed model)")
     u.add_argument("--allow-pickle", action="store_true", help=_PICKLE_HELP)
@@ -414,10 +433,12 @@ def _check_unlearn(args) -> None:
         if args.forget_images is None: args.forget_images = "data"
     else:
         for flag, v in (("--forget-prompt", args.forget_prompt), ("--forget-images", args.forget_images),
-                        ("--train-params", args.train_params)):
+                        ("--train-params", args.train_params), ("--anchor-prompt", args.anchor_prompt)):
             if v is not None:
                 raise UsageError(f"{flag}: only a text preset ({', '.join(TEXT_PRESET_NAMES)}) forgets by prompt; "
                                  f"--preset {args.preset} forgets classes (--forget)")
+    if args.anchor_prompt is not None and (args.pseudo_label or args.forget_loss not in (None, "deviate")):
+        raise UsageError("--anchor-prompt: deviates to one caption with the 'deviate' loss; drop --pseudo-label / --forget-loss")
     if args.train_params and any((s or "").split("=", 1)[0].strip() == "params" for s in args.set or []):
         raise UsageError("--train-params: the trained weights are given twice (also by --set params=...)")
     given = [f for f, v in (("--forget", args.forget), ("--forget-attribute", args.forget_attribute),
@@ -435,10 +456,25 @@ def _check_unlearn(args) -> None:
 
 
 def _check_evaluate(args) -> None:
+    if args.preset in TEXT_PRESET_NAMES:
+        raise UsageError(f"--preset {args.preset}: a text model is measured by `unlearn` (before and after, in its "
+                         "metrics.json), by `reproduce --preset digits-text`, or from Python by concepts.concept_report")
     _no_repeats(args.forget, "--forget")
 
 
-_CHECKS = {"train": _check_train, "unlearn": _check_unlearn, "evaluate": _check_evaluate}
+def _check_reproduce(args) -> None:
+    if args.preset not in TEXT_PRESET_NAMES: return
+    for flag, given in (("--relearn-images", args.relearn_images), ("--relearn-steps", args.relearn_steps),
+                        ("--no-sweep", args.no_sweep or None), ("--jobs", args.jobs), ("--data-root", args.data_root),
+                        ("--device", args.device)):
+        if given is not None:
+            raise UsageError(f"{flag}: not an option of a text preset's reproduction (its rows: every text method, "
+                             "EraseDiff also from generated images; one process)")
+    bad = [m for m in args.methods or () if m == "blindspot"]
+    if bad: raise UsageError("--methods: BlindSpot has no text-to-image form (its teacher would be Retrain)")
+
+
+_CHECKS = {"train": _check_train, "unlearn": _check_unlearn, "evaluate": _check_evaluate, "reproduce": _check_reproduce}
 
 # the library's argument names -> the flags that set them (its messages start with the name)
 _FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_class": "--eval-per-class",
@@ -447,7 +483,7 @@ _FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_clas
           "resume": "--resume", "what": "--what", "method": "--method", "methods": "--methods", "preset": "--preset",
           "steps": "--steps", "seeds": "--seeds", "jobs": "--jobs", "relearn n_images": "--relearn-images",
           "relearn steps": "--relearn-steps", "checkpoint": "--checkpoint", "forget attribute": "--forget-attribute",
-          "forget_prompt": "--forget-prompt", "vae": "--vae", "forget_images": "--forget-images"}
+          "forget_prompt": "--forget-prompt", "vae": "--vae", "forget_images": "--forget-images", "anchor": "--anchor-prompt"}
 
 
 def _flag_of(name: str, command: str) -> Optional[str]:

@@ -35,8 +35,8 @@ from .train import get_preset, load_reference, reference_path, show_grid
 
 # %% auto #0
 __all__ = ['FIGURES', 'SAMPLERS', 'method_runs', 'save_figure', 'plot_distributions_by_method', 'plot_sample_grid',
-           'plot_forgetting_vs_guidance', 'plot_tradeoff', 'plot_curves', 'reproduce_figures', 'sampler_study',
-           'plot_sampler_study']
+           'plot_forgetting_vs_guidance', 'plot_tradeoff', 'plot_curves', 'reproduce_figures', 'plot_text_forgetting',
+           'sampler_study', 'plot_sampler_study']
 
 # %% ../nbs/14_figures.ipynb #f13a2919
 def _label(method: str) -> str:
@@ -357,6 +357,34 @@ def reproduce_figures(out: Path | str, config=None, *, progress: bool = False, f
     files = {name: save_figure(fn(), out / "figures" / name) for name, fn in draw.items()}
     atomic_write_json(record, {"inputs": inputs, "files": {k: [str(p.relative_to(out)) for p in v] for k, v in files.items()}})
     return files
+
+# %% ../nbs/14_figures.ipynb #df3d55c2
+def plot_text_forgetting(out: Path | str) -> Figure:
+    "The text table of `out` (table.json of `reproduce.reproduce_text`) as forgetting-vs-guidance curves and fidelity bars."
+    t = json.loads((Path(out) / "table.json").read_text())
+    rows = t["rows"]
+    ws = [k.split("_w")[1] for k in next(iter(rows.values())) if k.startswith("forgotten_train_w")]
+    fig = Figure(figsize=(11, 3.4))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    colors = _colors(list(rows))
+    for name, r in rows.items():
+        style = dict(color=colors[name], marker="o", capsize=3, lw=2.5 if name in REFERENCES else 1.4,
+                     ls="--" if name in REFERENCES else "-")
+        for ax, split in zip(axes[:2], ("train", "paraphrase")):
+            s = [r[f"forgotten_{split}_w{w}"] for w in ws]
+            ax.errorbar([float(w) for w in ws], [v["mean"] for v in s], yerr=[v["std"] for v in s], label=r["label"], **style)
+        axes[2].bar(r["label"], r["remaining_train"]["mean"], yerr=r["remaining_train"]["std"], color=colors[name], capsize=3)
+    for ax, split in zip(axes[:2], ("training templates", "held-out paraphrases")):
+        ax.set_yscale("symlog", linthresh=1); ax.set_ylim(-0.2, 110); ax.set_xlabel("guidance w (SD's scale - 1)")
+        ax.set_title(f"{t['forget_prompt']!r} shown: {split}", fontsize=9)
+    axes[0].set_ylabel("% of samples"); axes[1].legend(fontsize=7, loc="center right")
+    lo = min(r["remaining_train"]["mean"] - r["remaining_train"]["std"] for r in rows.values())
+    axes[2].set_ylim(max(0, lo - 5), 100.5); axes[2].set_title("other concepts: prompt fidelity %", fontsize=9)
+    axes[2].tick_params(axis="x", rotation=60, labelsize=7)
+    fig.suptitle(f"{t['preset']}: forgetting {t['forget_prompt']!r}, {t['seeds']} seeds x {t['n_per_prompt']} samples per prompt",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/14_figures.ipynb #cce4bc4f
 SAMPLERS = (("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm", 50), ("ddpm", 100), ("ddpm", 250))

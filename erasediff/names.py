@@ -30,12 +30,12 @@ METHOD_NAMES: dict[str, About] = {
     "salun": About("SalUn", "SalUn: the trajectory-deviation forget loss + alpha * L_r on the top-50% salient weights"),
     "so": About("SO", "SO: L_r + lambda * L_f in one step, no inner loop (ablation)"),
     "ts": About("TS", "TS: forget only (L_f), then finetune on D_r (ablation)"),
-    "esd": About("ESD-u", "ESD-u: the forgotten condition pulled to the original's negatively guided prediction, all but cross-attention, data-free"),
+    "esd": About("ESD-u", "ESD-u: the forgotten condition pulled to the original's negatively guided prediction; all but cross-attention"),
     "esd_x": About("ESD-x", "ESD-x: ESD on the cross-attention only (text-conditioned models)"),
 }
 
 FORGET_LOSSES = ("deviate", "uniform", "gaussian", "retarget")   # the forget losses L_f (erasediff.objectives)
-PSEUDO_LABELS = ("per_class", "per_sample", "per_batch")         # how 'deviate' draws its pseudo classes
+PSEUDO_LABELS = ("per_class", "per_sample", "per_batch", "anchor")  # how 'deviate' draws its pseudo classes ('anchor': one given)
 PRESET_NAMES = ("digits", "cifar10", "digits-text")              # erasediff.train.PRESETS, erasediff.text.TEXT_PRESETS
 TEXT_PRESET_NAMES = ("digits-text",)                             # the text-to-image ones
 # which weights of a text-to-image model an unlearning method trains (regexes over a PromptUNet's parameter names):

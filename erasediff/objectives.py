@@ -103,6 +103,7 @@ class ForgetLossConfig(UnlearnConfig):
     pseudo_label: str = "per_class"          # 'deviate' only: how c_p is drawn from the remaining classes (see pseudo_labels)
     p_uncond_forget: Optional[float] = None  # label dropout on D_f, not with 'deviate' (None: same as p_uncond)
     retarget_pool: int = 2048                # 'retarget' only: remaining images it pulls towards, loaded once (all when fewer)
+    anchor: Optional[int] = None             # pseudo_label='anchor': the one label (a text model: prompt id) to deviate to
 
     def __post_init__(self):
         super().__post_init__()
@@ -117,6 +118,10 @@ class ForgetLossConfig(UnlearnConfig):
             raise ValueError(f"p_uncond_forget must be in [0, 1) or None, got {self.p_uncond_forget}")
         if not isinstance(self.retarget_pool, int) or self.retarget_pool < 1:
             raise ValueError(f"retarget_pool must be an int >= 1 (remaining images to pull towards), got {self.retarget_pool!r}")
+        if (self.pseudo_label == "anchor") != (self.anchor is not None):
+            raise ValueError("anchor: give an anchor label exactly when pseudo_label='anchor' (every forgotten condition "
+                             f"then deviates to it); got pseudo_label={self.pseudo_label!r}, anchor={self.anchor!r}")
+        if self.anchor is not None and self.anchor < 0: raise ValueError(f"anchor must be a label >= 0, got {self.anchor}")
 
 
 @dataclass(frozen=True)
@@ -344,6 +349,10 @@ class ForgetObjective(FinetuneObjective):
         if self.config.forget_loss == "deviate" and num_classes(model) is None:
             raise ValueError("forget_loss='deviate' needs a class-conditional model (its target is the prediction for a "
                              "pseudo label); this model is unconditional: use forget_loss='retarget', 'uniform' or 'gaussian'")
+        a = self.config.anchor
+        if a is not None and not (0 <= a <= num_classes(model) and a not in (self.forget_classes or ())):
+            raise ValueError(f"anchor: label {a} is not a remaining label of this model (0..{num_classes(model)}, "
+                             f"{num_classes(model)} = null, not one being forgotten)")
 
     def forget_loss(self, model: nn.Module, batch, generator: Optional[torch.Generator] = None, *,
                     draws: Optional[tuple] = None, weights: Optional[dict[str, torch.Tensor]] = None):
@@ -367,8 +376,9 @@ class ForgetObjective(FinetuneObjective):
             labels = _labels(model, y, p.device)
             pseudo = None
             if deviate:
-                pseudo = pseudo_labels(y, num_classes(model), self.forget_classes or (), cfg.pseudo_label, generator,
-                                       self.seed).to(p.device)
+                pseudo = (torch.full_like(y, cfg.anchor) if cfg.pseudo_label == "anchor" else
+                          pseudo_labels(y, num_classes(model), self.forget_classes or (), cfg.pseudo_label, generator,
+                                        self.seed)).to(p.device)
             else:
                 pu = cfg.p_uncond if cfg.p_uncond_forget is None else cfg.p_uncond_forget
                 if labels is not None and pu > 0: labels = drop_labels(labels, null_label(model), pu, generator)

@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .accuracy import forgetting_probe, guidance_scales, sample_accuracy
+from .concepts import concept_report, parse_forget_images
 from .core import check_fields, NoiseSchedule, num_classes
 from .data import InfiniteBatches, make_splits
 from .evaluate import evaluate_checkpoint, summarize_seeds
@@ -36,14 +38,17 @@ from .methods import default_config, get_method, METHODS
 from .runtime import (
     atomic_write_bytes, atomic_write_json, check_device, check_out, default_device, die_with_parent, load_unet,
     lock_folder, sha256_path)
-from .train import DiffusionObjective, fit, get_preset, load_reference, LoopConfig, Preset, reference_path
+from .text import get_text_preset, load_prompt_unet, load_text_reference, resolve_prompt
+from .train import (
+    DiffusionObjective, fit, get_preset, load_reference, LoopConfig, Preset, read_manifest, reference_path)
 from .unlearn import unlearn
 
 # %% auto #0
 __all__ = ['REFERENCES', 'TABLE_METHODS', 'STAGES', 'DEPENDS', 'EVAL_PER_CLASS', 'EVAL_REMAIN_OTHER_W', 'SWEEP_LAMS', 'NAMES',
-           'RelearnConfig', 'ReproduceConfig', 'Run', 'plan', 'mark_done', 'stage_done', 'reset_from', 'relearn_images',
-           'relearn_attack', 'stage_settings', 'run_one', 'sweep_point', 'sweep_lams', 'tradeoff_sweep', 'collect',
-           'table_rows', 'table_markdown', 'table_csv', 'reproduce']
+           'TEXT_ROWS', 'TEXT_N_PER_PROMPT', 'RelearnConfig', 'ReproduceConfig', 'Run', 'plan', 'mark_done',
+           'stage_done', 'reset_from', 'relearn_images', 'relearn_attack', 'stage_settings', 'run_one', 'sweep_point',
+           'sweep_lams', 'tradeoff_sweep', 'collect', 'table_rows', 'table_markdown', 'table_csv', 'reproduce',
+           'text_row_name', 'summarise_reports', 'text_table_markdown', 'reproduce_text']
 
 # %% ../nbs/13_reproduce.ipynb #8920fb89
 REFERENCES = ("unscrubbed", "retrain")
@@ -586,3 +591,112 @@ def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = No
         print(f"reproduce {preset.name}: {len(runs)} runs on {jobs} worker(s), {len(computed)} stages computed, "
               f"{len(reused)} reused, {wall:.0f} s; table in {out / 'table.md'}")
     return summary
+
+# %% ../nbs/13_reproduce.ipynb #330e7cfa
+TEXT_ROWS = (("erasediff", "data"), ("erasediff", "generate:512"), ("esd", "data"), ("esd_x", "data"), ("salun", "data"),
+             ("sa", "data"))
+TEXT_N_PER_PROMPT = 8
+
+
+def text_row_name(method: str, images: str) -> str:
+    "A row's folder name: the method, with the forget images when they are not the training data."
+    return method if images == "data" else f"{method}-{images.replace(':', '')}"
+
+
+def _mean_std(values) -> dict:
+    v = np.asarray(values, float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def summarise_reports(reports: list[dict]) -> dict:
+    "Mean and std over seeds of what a text table shows (shares in %), from `concept_report`s."
+    out = {f"forgotten_{split}_w{w}": _mean_std([100 * r["forgotten"][w][split]["value"] for r in reports])
+           for w in reports[0]["forgotten"] for split in ("train", "paraphrase")}
+    out["worst_forgotten"] = _mean_std([100 * r["worst_forgotten"]["share"] for r in reports])
+    out["null_prompt"] = _mean_std([100 * r["null_prompt"]["value"] for r in reports])
+    for k in ("remaining_train", "remaining_paraphrase"): out[k] = _mean_std([100 * r[k]["value"] for r in reports])
+    out["nearest"] = _mean_std([100 * np.mean(list(r["nearest"]["fidelity"].values())) for r in reports])
+    out["nearest_concepts"] = reports[0]["nearest"]["concepts"]
+    out["fid_remaining"] = _mean_std([r["fid_remaining"] for r in reports])
+    return out
+
+
+def text_table_markdown(table: dict, seeds: int, n: int, prompt: str) -> str:
+    "The text table in markdown: one row per reference and method, forgotten shares per w, worst first."
+    first = next(iter(table.values()))
+    ws = [k.split("_w")[1] for k in first if k.startswith("forgotten_train_w")]
+    c = lambda s, nd=1: f"{s['mean']:.{nd}f} ± {s['std']:.{nd}f}"
+    head = ("| model | " + " | ".join(f"shown, w = {w}: train / paraphrase (%)" for w in ws) + " | **worst** (%) | null "
+            f"prompt (%) | remaining fidelity: train / paraphrase (%) | nearest {first['nearest_concepts']} (%) | FID | FID ratio | "
+            "unlearning s (ratio to training) |")
+    lines = [f"Forgetting {prompt!r}: mean ± std over {seeds} seeds, {n} samples per prompt; w is this package's guidance "
+             "(Stable Diffusion's guidance_scale - 1). 'shown': samples of the forgotten concept's prompts that the "
+             "classifier reads as it (want: Retrain's); remaining fidelity: samples of the other prompts showing their digit.",
+             "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in table.values():
+        cost = f"{r['unlearn_seconds']['mean']:.1f} ({r['time_ratio']:.3f})" if "unlearn_seconds" in r else "—"
+        lines.append(f"| {r['label']} | " + " | ".join(f"{c(r[f'forgotten_train_w{w}'])} / {c(r[f'forgotten_paraphrase_w{w}'])}"
+                                                      for w in ws) +
+                     f" | **{c(r['worst_forgotten'])}** | {c(r['null_prompt'])} | {c(r['remaining_train'])} / "
+                     f"{c(r['remaining_paraphrase'])} | {c(r['nearest'])} | {c(r['fid_remaining'], 2)} | "
+                     f"{r.get('fid_ratio', 1.0):.2f} | {cost} |")
+    return "\n".join(lines) + "\n"
+
+
+def reproduce_text(preset: str = "digits-text", out: Path | str | None = None, *, seeds: int = 3,
+                   rows: Optional[Sequence[tuple[str, str]]] = None, n_per_prompt: int = TEXT_N_PER_PROMPT,
+                   unlearn_overrides: Optional[dict] = None, progress: bool = True) -> dict:
+    """Every row of `rows` ((method, forget images), default TEXT_ROWS) over seeds 0..seeds-1 on the text preset,
+    and its shipped Unscrubbed and Retrain, measured alike; writes `out` (default results/<preset>): runs/,
+    table.json, table.md. `unlearn_overrides`: config fields given to every method (e.g. a smaller budget). Checked
+    before any work; the folder is locked; finished runs are reused."""
+    p = get_text_preset(preset)
+    for name, v, hi in (("seeds", seeds, 1000), ("n_per_prompt", n_per_prompt, 10_000)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise ValueError(f"{name} must be an integer in [1, {hi}], got {v!r}")
+    rows = TEXT_ROWS if rows is None else tuple(tuple(r) for r in rows)
+    for m, images in rows:
+        if not get_method(m).text: raise ValueError(f"methods: {METHODS[m].label} has no text-to-image form ({METHODS[m].text_note})")
+        parse_forget_images(images)
+    out = check_out(out or Path("results") / p.name, "out")
+    for which in REFERENCES: reference_path(p.name, which)
+    clf = load_reference(p.classifier_preset, "classifier")
+    real, schedule = p.load_images()[1].tensors(), NoiseSchedule(p.schedule)
+    train_s = read_manifest()[f"{p.name}/retrain"]["train_seconds"]   # the same UNet and steps as Unscrubbed
+    lock, t0, table, computed = lock_folder(out, ".reproduce.lock", "erasediff reproduce"), time.perf_counter(), {}, []
+    report = lambda model, seed: concept_report(model, clf, schedule, p.sampler, resolve_prompt(p.forget_prompt), real,
+                                                n_per_prompt=n_per_prompt, n_null=25 * n_per_prompt, seed=seed)
+    try:
+        for ref in REFERENCES:
+            f = out / "runs" / f"{ref}.json"
+            if not f.exists():
+                model = load_text_reference(p.name, ref)
+                atomic_write_json(f, [report(model, s) for s in tqdm(range(seeds), desc=ref, disable=not progress)])
+                computed.append(ref)
+            table[ref] = {"label": NAMES[ref], **summarise_reports(json.loads(f.read_text())[:seeds])}
+        before = json.loads((out / "runs" / "unscrubbed.json").read_text())
+        for method, images in tqdm(rows, desc=f"reproduce {p.name}", disable=not progress, unit="row"):
+            name, metrics, reports = text_row_name(method, images), [], []
+            for seed in range(seeds):
+                run = out / "runs" / f"{name}-s{seed}"
+                if not (run / "report.json").exists():
+                    if not (run / "metrics.json").exists():
+                        unlearn(p.name, out=run, forget_prompt=p.forget_prompt, method=method, forget_images=images,
+                                seed=seed, eval_per_class=0, progress=False, overwrite=True, config=unlearn_overrides)
+                    atomic_write_json(run / "report.json", report(load_prompt_unet(run / "pipeline"), seed))
+                    computed.append(f"{name}-s{seed}")
+                metrics.append(json.loads((run / "metrics.json").read_text()))
+                reports.append(json.loads((run / "report.json").read_text()))
+            secs = [m["unlearn_seconds"] for m in metrics]
+            table[name] = {"label": METHODS[method].label + ("" if images == "data" else f" ({images})"),
+                           **summarise_reports(reports), "unlearn_seconds": _mean_std(secs),
+                           "time_ratio": float(np.mean(secs)) / train_s, "steps": metrics[0]["steps"], "forget_images": images,
+                           "fid_ratio": float(np.mean([r["fid_remaining"] / b["fid_remaining"] for r, b in zip(reports, before)])),
+                           "peak_rss_mb": float(max(m["peak_rss_mb"] or 0 for m in metrics))}
+        wall = time.perf_counter() - t0
+        atomic_write_json(out / "table.json", {"preset": p.name, "forget_prompt": p.forget_prompt, "seeds": seeds,
+                                               "n_per_prompt": n_per_prompt, "training_seconds": train_s, "rows": table})
+        atomic_write_bytes(out / "table.md", text_table_markdown(table, seeds, n_per_prompt, p.forget_prompt).encode())
+    finally:
+        lock.close()
+    return {"rows": table, "computed": computed, "wall_s": wall, "out": str(out)}

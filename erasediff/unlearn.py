@@ -9,6 +9,7 @@ Docs: https://erasediff.github.io/erasediff/unlearn.html.md"""
 # %% ../nbs/10_unlearn.ipynb #03be6784
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -273,15 +274,18 @@ def _check_free(out: Path, overwrite: bool) -> None:
 def _config_for(preset: Preset, method: str, config, conditional: Optional[bool], spec: ForgetSpec) -> UnlearnConfig:
     """`_resolve_config`, and a ValueError for an option the resolved forget loss would ignore: pseudo labels other than
     'deviate''s, a retarget pool without 'retarget'."""
-    resolved = _resolve_config(preset, method, config, conditional, bool(spec.ids))
-    given = config if isinstance(config, dict) else {}
+    return _check_loss_options(config, _resolve_config(preset, method, config, conditional, bool(spec.ids)))
+
+
+def _check_loss_options(given, resolved: UnlearnConfig) -> UnlearnConfig:
+    "`resolved`, or a ValueError for an option in `given` (a dict) that its forget loss would ignore."
+    given = given if isinstance(given, dict) else {}
     loss = getattr(resolved, "forget_loss", None)
-    if "pseudo_label" in given and loss != "deviate":
-        raise ValueError(f"pseudo_label: only the 'deviate' forget loss draws pseudo labels; this run's loss is {loss!r} "
-                         "(drop the option, CLI: --pseudo-label)")
-    if "retarget_pool" in given and loss != "retarget":
-        raise ValueError(f"retarget_pool: only the 'retarget' forget loss uses a pool; this run's loss is {loss!r} "
-                         "(drop the option, CLI: --retarget-pool)")
+    for key, needs, flag in (("pseudo_label", "deviate", "--pseudo-label"), ("anchor", "deviate", "--anchor-prompt"),
+                             ("retarget_pool", "retarget", "--retarget-pool")):
+        if key in given and loss != needs:
+            raise ValueError(f"{key}: only the {needs!r} forget loss uses it; this run's loss is {loss!r} "
+                             f"(drop the option, CLI: {flag})")
     return resolved
 
 
@@ -429,6 +433,18 @@ def _load_text_checkpoint(preset: TextPreset, checkpoint, device, out: Path) -> 
     return model, {"name": name, "path": rel, "sha256": sha256_path(path)}
 
 
+def _anchor_id(config, table) -> Optional[dict]:
+    """A config dict whose `anchor` is a prompt (text) with the prompt's id in its place: deviate to an anchor caption
+    ('' is the null prompt); ValueError, with the close matches, for a prompt the table does not hold."""
+    if not isinstance(config, dict) or not isinstance(config.get("anchor"), str): return config
+    text, prompts = config["anchor"], list(table.prompts)
+    if text != "" and text not in prompts:
+        close = difflib.get_close_matches(text, prompts, 3, 0.5)
+        raise ValueError(f"anchor: {text!r} is not a prompt of the model's table (the training captions and paraphrases, "
+                         f"or '' for the null prompt){'; close: ' + str(close) if close else ''}")
+    return {**config, "anchor": len(prompts) if text == "" else prompts.index(text)}
+
+
 def unlearn_concept(preset: str | TextPreset = "digits-text", forget_prompt: Optional[str] = None,
                     out: Path | str = "runs/unlearn-text", *, checkpoint=None, config: Optional[UnlearnConfig | dict] = None,
                     seed: int = 0, overwrite: bool = False, progress: bool = True, classifier=None,
@@ -457,7 +473,8 @@ def unlearn_concept(preset: str | TextPreset = "digits-text", forget_prompt: Opt
     parse_forget_images(forget_images)
     if isinstance(checkpoint, (str, Path)) and Path(checkpoint).exists() and not is_pipeline_folder(checkpoint):
         _load_text_checkpoint(preset, checkpoint, "cpu", out)   # its error, before anything is loaded
-    config = _resolve_config(preset.name, method, config)
+    config = _anchor_id(config, preset.table())
+    config = _check_loss_options(config, _resolve_config(preset.name, method, config))
     sampler = sampler or preset.sampler
     dev = device or default_device(preset.device)
     model, source = _load_text_checkpoint(preset, checkpoint, dev, out)
