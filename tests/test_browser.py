@@ -142,13 +142,13 @@ def _drive(page, lab) -> None:
         # the panel, untouched: the same settings as the headless run, so the same numbers
         status, results, plot = (page.locator(f".erasediff-{k}") for k in ("status", "results", "plot"))
         results.scroll_into_view_if_needed()
-        page.get_by_role("button", name="Unlearn").click()
+        page.get_by_role("button", name="Unlearn", exact=True).click()
         expect(status).to_contain_text("done in", timeout=600_000)
         panel_line = next(t for t in results.inner_text().splitlines() if t.startswith("forgotten classes"))
         assert _accuracy_part(panel_line) == _accuracy_part(headless), (panel_line, headless)
         # another class: grids, plots and the summary appear in the panel itself
         page.locator(".widget-select-multiple select").select_option(label="3")
-        page.get_by_role("button", name="Unlearn").click()
+        page.get_by_role("button", name="Unlearn", exact=True).click()
         expect(status).not_to_contain_text("done in")              # the click reached the kernel: a new run
         expect(status).to_contain_text("done in", timeout=600_000)
         page.screenshot(path=ARTIFACTS / "3-panel.png", full_page=True)
@@ -159,7 +159,7 @@ def _drive(page, lab) -> None:
         text = page.locator(".jp-Notebook").inner_text()
         assert "Traceback" not in text and "Error displaying widget" not in text
         # Stop, during the unlearning: the run ends there and says that nothing was written
-        page.get_by_role("button", name="Unlearn").click()
+        page.get_by_role("button", name="Unlearn", exact=True).click()
         expect(status).to_contain_text("unlearning: step", timeout=300_000)
         page.get_by_role("button", name="Stop").click()
         expect(status).to_contain_text("stopped: nothing was written", timeout=120_000)
