@@ -21,7 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
-from .names import FORGET_LOSSES, METHOD_NAMES, PRESET_NAMES, PSEUDO_LABELS, TEXT_PARAMS, TEXT_PRESET_NAMES, WHAT
+from .names import (
+    FORGET_LOSSES, METHOD_NAMES, PRESET_NAMES, PSEUDO_LABELS, SD_PARAMS, SD_PRESET_NAMES, TEXT_PARAMS, TEXT_PRESET_NAMES, WHAT)
 
 # %% auto #0
 __all__ = ['build_parser', 'UsageError', 'main']
@@ -30,9 +31,9 @@ __all__ = ['build_parser', 'UsageError', 'main']
 def _lib() -> SimpleNamespace:
     """The library, imported once the command line is parsed and checked: torch and diffusers take seconds to import,
     and `--help` or a mistyped flag should answer at once (the one reason for imports inside a function here)."""
-    from erasediff import core, evaluate, figures, reproduce, text, train, unlearn
-    return SimpleNamespace(core=core, evaluate=evaluate, figures=figures, reproduce=reproduce, text=text, train=train,
-                           unlearn=unlearn)
+    from erasediff import core, evaluate, figures, methods, reproduce, sd, text, train, unlearn
+    return SimpleNamespace(core=core, evaluate=evaluate, figures=figures, methods=methods, reproduce=reproduce, sd=sd, text=text,
+                           train=train, unlearn=unlearn)
 
 # %% ../nbs/15_cli.ipynb #3aa3a40d
 def _print_main(result: dict) -> None:
@@ -110,6 +111,11 @@ def _cmd_presets(args) -> int:
         print(f"{name}: text-to-image, images={m.image_size}x{m.image_size}x{m.channels} latents={m.latent_size}x{m.latent_size}x"
               f"{m.latent_channels} prompts={len(p.table().prompts)} steps={p.train.steps} batch={p.train.batch_size} "
               f"device={p.device} forget_prompt={p.forget_prompt!r}")
+    for name, p in _lib().sd.SD_PRESETS.items():
+        c = _lib().methods.default_config(name)
+        print(f"{name}: a Stable Diffusion pipeline (--checkpoint), forget={list(p.forget_prompts)} remain={list(p.remain_prompts)} "
+              f"anchor={p.anchor_prompt!r} images={p.n_forget}+{p.n_remain} steps={c.steps} batch={c.batch_size} lr={c.lr:g} "
+              f"precision={c.precision} checkpointing={p.gradient_checkpointing} device={p.device}")
     return 0
 
 # %% ../nbs/15_cli.ipynb #4338fb8d
@@ -138,8 +144,31 @@ def _overrides(args) -> dict:
     return over
 
 
+def _cmd_unlearn_sd(L, args) -> int:
+    "`unlearn` on a user's Stable Diffusion pipeline (`erasediff.sd.unlearn_sd`)."
+    anchor, args.anchor_prompt = args.anchor_prompt, None        # the preset's pseudo prompt, not a config field
+    over = _overrides(args)
+    if args.train_params: over["params"] = SD_PARAMS[args.train_params]
+    if args.precision: over["precision"] = args.precision
+    m = L.sd.unlearn_sd(args.checkpoint, args.preset, args.out, method=args.method, forget_prompt=args.forget_prompt,
+                        remain_prompts=args.remain_prompt, anchor_prompt=anchor, config=over or None, seed=args.seed,
+                        overwrite=args.overwrite, progress=not args.quiet, device=args.device,
+                        gradient_checkpointing=args.gradient_checkpointing, n_forget=args.n_forget, n_remain=args.n_remain,
+                        eval_per_prompt=args.eval_per_class, eval_prompts=args.eval_prompts, coco_prompts=args.coco_prompts,
+                        eval_limit=args.eval_limit, reference_images=args.reference_images,
+                        clip_model=args.clip_model, allow_slow=args.allow_slow, estimate_only=args.estimate_only)
+    if args.estimate_only and L.core.is_main_process():
+        print(m["memory_table"])
+        t = m.get("time_estimate")
+        if t: print(f"\ntime on this CPU (estimate, at least): {t['total_s'] / 3600:.2f} h")
+        return 0
+    _print_main(m)
+    return 0
+
+
 def _cmd_unlearn(args) -> int:
     L = _lib()
+    if args.preset in SD_PRESET_NAMES: return _cmd_unlearn_sd(L, args)
     if args.preset in TEXT_PRESET_NAMES:
         m = L.unlearn.unlearn(args.preset, out=args.out, forget_prompt=args.forget_prompt, forget_images=args.forget_images,
                               checkpoint=args.checkpoint, config=_overrides(args) or None, seed=args.seed,
@@ -243,6 +272,12 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
+def _existing_file(text: str) -> Path:
+    "An argparse type: a file that exists (a prompt CSV)."
+    if not Path(text).is_file(): raise argparse.ArgumentTypeError(f"{text} is not a file (expected a CSV of prompts)")
+    return Path(text)
+
+
 _SEED = _int_in(0, 2**32 - 1)
 _COUNT = _int_in(1)
 
@@ -289,8 +324,9 @@ def _add_train(sub) -> None:
 def _add_unlearn(sub) -> None:
     "Add the `unlearn` subcommand: every option of `erasediff.unlearn.unlearn`."
     u = sub.add_parser("unlearn", help="make a diffusion model forget classes, an attribute or samples")
-    u.add_argument("--preset", "--dataset", dest="preset", default="digits", choices=PRESET_NAMES,
-                   help="preset name, which is its dataset's (see `erasediff presets`)")
+    u.add_argument("--preset", "--dataset", dest="preset", default="digits", choices=PRESET_NAMES + SD_PRESET_NAMES,
+                   help="preset name, which is its dataset's (see `erasediff presets`); sd-nudity / sd-concept: a Stable "
+                        "Diffusion pipeline given by --checkpoint (the authors' released nudity recipe; any concept)")
     u.add_argument("--forget", "--forget-class", dest="forget", nargs="+", default=None,
                    help="classes to forget, ids or names (default: the preset's)")
     u.add_argument("--forget-attribute", default=None, help="forget every image with this attribute (e.g. CelebA's Eyeglasses)")
@@ -300,6 +336,26 @@ def _add_unlearn(sub) -> None:
     u.add_argument("--forget-images", default=None,
                    help="text presets: 'data' (training images whose captions carry the concept; the default) or "
                         "'generate:N' (N images the model generates from the forget prompts, and 4N from the others)")
+    sdg = u.add_argument_group("Stable Diffusion (--preset sd-nudity | sd-concept, --checkpoint a pipeline folder or hub name)")
+    sdg.add_argument("--remain-prompt", action="append", default=None,
+                     help="a prompt whose images are kept (repeatable; default: the preset's); --forget-prompt takes "
+                          "several prompts separated by '|'")
+    sdg.add_argument("--n-forget", type=_COUNT, default=None, help="forget images the model generates (default 800)")
+    sdg.add_argument("--n-remain", type=_COUNT, default=None, help="remain images the model generates (default 800)")
+    sdg.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                     help="bf16: forward and backward under bf16 autocast, fp32 weights and Adam (the default)")
+    sdg.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                     help="recompute the UNet's activations in the backward pass (default: on)")
+    sdg.add_argument("--eval-prompts", type=_existing_file, default=None,
+                     help="a CSV of prompts (column 'prompt'; seeds and guidance read when present), e.g. I2P's 4,703: "
+                          "NudeNet counts before and after")
+    sdg.add_argument("--coco-prompts", type=_existing_file, default=None, help="a CSV of COCO captions: CLIP score (and FID)")
+    sdg.add_argument("--eval-limit", type=_COUNT, default=None, help="use only the first N prompts of each CSV")
+    sdg.add_argument("--reference-images", type=_folder, default=None, help="real images for the FID of the COCO prompts")
+    sdg.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP weights for the CLIP score (folder or hub name)")
+    sdg.add_argument("--allow-slow", action="store_true", help="run Stable Diffusion on a CPU (the estimate of hours is shown)")
+    sdg.add_argument("--estimate-only", action="store_true",
+                     help="check everything, print the estimated peak memory (and CPU time), and stop")
     u.add_argument("--train-params", default=None, choices=sorted(TEXT_PARAMS),
                    help="text presets: the UNet weights trained: noxattn (all but cross-attention; the default), xattn "
                         "(cross-attention only), full")
@@ -421,7 +477,41 @@ def _check_train(args) -> None:
         raise UsageError("--eval: measures CFG samples of a diffusion model; a classifier reports its test accuracy anyway")
 
 
+_SD_FLAGS = ("remain_prompt", "n_forget", "n_remain", "precision", "gradient_checkpointing", "eval_prompts", "coco_prompts",
+             "eval_limit", "reference_images", "allow_slow", "estimate_only")
+
+
+def _check_unlearn_sd(args) -> None:
+    "The flags of `unlearn` on a Stable Diffusion pipeline."
+    if not args.checkpoint:
+        raise UsageError(f"--checkpoint: --preset {args.preset} unlearns a Stable Diffusion pipeline you give: a folder or a "
+                         "hub name such as CompVis/stable-diffusion-v1-4")
+    for flag, v in (("--forget", args.forget), ("--forget-attribute", args.forget_attribute), ("--forget-ids", args.forget_ids),
+                    ("--forget-images", args.forget_images), ("--data-root", args.data_root),
+                    ("--allow-pickle", args.allow_pickle or None)):
+        if v is not None:
+            raise UsageError(f"{flag}: not an option of a Stable Diffusion preset (it forgets the prompts of --forget-prompt "
+                             "from images the model generates; weights are read from safetensors)")
+    if args.reference_images is not None and args.coco_prompts is None:
+        raise UsageError("--reference-images: FID compares the images of the COCO prompts; give --coco-prompts too")
+    if args.eval_limit is not None and args.eval_prompts is None and args.coco_prompts is None:
+        raise UsageError("--eval-limit: limits --eval-prompts / --coco-prompts; give one of them")
+    if args.train_params and any((s or "").split("=", 1)[0].strip() == "params" for s in args.set or []):
+        raise UsageError("--train-params: the trained weights are given twice (also by --set params=...)")
+    if args.precision and any((s or "").split("=", 1)[0].strip() == "precision" for s in args.set or []):
+        raise UsageError("--precision: given twice (also by --set precision=...)")
+    a = args.anchor_prompt
+    args.anchor_prompt = None
+    try: _overrides(args)                                      # --set's syntax and repeats
+    finally: args.anchor_prompt = a
+
+
 def _check_unlearn(args) -> None:
+    if args.preset in SD_PRESET_NAMES: return _check_unlearn_sd(args)
+    given_sd = [f"--{k.replace('_', '-')}" for k in _SD_FLAGS if getattr(args, k, None) not in (None, False)]
+    if given_sd:
+        raise UsageError(f"{given_sd[0]}: an option of the Stable Diffusion presets ({', '.join(SD_PRESET_NAMES)}), not of "
+                         f"--preset {args.preset}")
     text = args.preset in TEXT_PRESET_NAMES
     if text:
         classy = [f for f, v in (("--forget", args.forget), ("--forget-attribute", args.forget_attribute),
@@ -483,7 +573,10 @@ _FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_clas
           "resume": "--resume", "what": "--what", "method": "--method", "methods": "--methods", "preset": "--preset",
           "steps": "--steps", "seeds": "--seeds", "jobs": "--jobs", "relearn n_images": "--relearn-images",
           "relearn steps": "--relearn-steps", "checkpoint": "--checkpoint", "forget attribute": "--forget-attribute",
-          "forget_prompt": "--forget-prompt", "vae": "--vae", "forget_images": "--forget-images", "anchor": "--anchor-prompt"}
+          "forget_prompt": "--forget-prompt", "vae": "--vae", "forget_images": "--forget-images", "anchor": "--anchor-prompt",
+          "forget_prompts": "--forget-prompt", "remain_prompts": "--remain-prompt", "anchor_prompt": "--anchor-prompt",
+          "n_forget": "--n-forget", "n_remain": "--n-remain", "eval_prompts": "--eval-prompts", "coco_prompts": "--coco-prompts",
+          "reference_images": "--reference-images", "clip_model": "--clip-model", "limit": "--eval-limit"}
 
 
 def _flag_of(name: str, command: str) -> Optional[str]:

@@ -169,13 +169,15 @@ def prompt_grid(model: PromptUNet, schedule: NoiseSchedule, sampler: SamplerConf
 
 
 def plot_prompt_grids(before: torch.Tensor, after: torch.Tensor, prompts: Sequence[str], title: str = ""):
-    "Before / after sample grids (P, n, C, H, W) side by side, one row per prompt, labelled; a matplotlib Figure."
+    "Before / after sample grids (P, n, C, H, W), C = 1 or 3, side by side, one row per prompt, labelled; a matplotlib Figure."
     P, n = before.shape[:2]
     fig = Figure(figsize=(2 * 0.42 * n + 2.6, 0.45 * P + 0.6))
     axes = fig.subplots(1, 2)
     for ax, grid, name in zip(axes, (before, after), ("before", f"after {title}".strip())):
         rows = torch.cat([torch.cat(list(r), dim=-1) for r in grid], dim=-2)       # (C, P*H, n*W)
-        ax.imshow(((rows[0] + 1) / 2).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+        img = ((rows + 1) / 2).clamp(0, 1)
+        if img.shape[0] == 3: ax.imshow(img.permute(1, 2, 0).numpy())                # RGB (a Stable Diffusion pipeline)
+        else: ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name, fontsize=9); ax.set_xticks([])
         H = grid.shape[-2]
         ax.set_yticks([H * i + H / 2 for i in range(P)])

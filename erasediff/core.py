@@ -25,11 +25,12 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['check_fields', 'check_seed', 'ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps', 'num_classes',
-           'null_label', 'check_labels', 'drop_labels', 'predict_eps', 'data_parallel', 'is_main_process',
-           'batch_shard', 'local_rows', 'all_mean', 'mean_scalars', 'noise_and_timesteps', 'eps_loss', 'UNetConfig',
-           'make_unet', 'count_params', 'guided_eps', 'inference_timesteps', 'ddpm_step', 'ddim_step', 'SamplerConfig',
-           'sample', 'generate', 'diffusers_scheduler', 'sample_with_diffusers', 'make_ema']
+__all__ = ['BETA_SCHEDULES', 'check_fields', 'check_seed', 'ScheduleConfig', 'NoiseSchedule', 'q_sample', 'sample_timesteps',
+           'num_classes', 'null_label', 'check_labels', 'drop_labels', 'predict_eps', 'data_parallel',
+           'is_main_process', 'batch_shard', 'local_rows', 'all_mean', 'mean_scalars', 'noise_and_timesteps',
+           'eps_loss', 'UNetConfig', 'make_unet', 'count_params', 'guided_eps', 'inference_timesteps', 'ddpm_step',
+           'ddim_step', 'SamplerConfig', 'sample', 'generate', 'diffusers_scheduler', 'sample_with_diffusers',
+           'make_ema']
 
 # %% ../nbs/00_core.ipynb #51cb285a
 def _kind_error(name: str, want: str, v) -> ValueError:
@@ -72,12 +73,17 @@ def check_seed(seed, optional: bool = False) -> None:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
 # %% ../nbs/00_core.ipynb #aa1c7706
+BETA_SCHEDULES = ("linear", "scaled_linear")
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
-    "Linear beta schedule of DDPM (Ho et al. 2020), validated on construction."
+    """Beta schedule of DDPM (Ho et al. 2020), validated on construction: `linear` betas from `beta_start` to
+    `beta_end`, or `scaled_linear` (Stable Diffusion's: linear in sqrt(beta))."""
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    beta_schedule: str = "linear"
 
     def __post_init__(self):
         check_fields(self)
@@ -85,15 +91,20 @@ class ScheduleConfig:
             raise ValueError(f"num_train_timesteps must be an int >= 2, got {self.num_train_timesteps!r}")
         if not (0 < self.beta_start < self.beta_end < 1):
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
 
 
 class NoiseSchedule:
-    "The tensors of a linear DDPM schedule: `betas`, `alphas`, `alpha_bars`, each of shape (T,), float32."
+    "The tensors of a DDPM schedule: `betas`, `alphas`, `alpha_bars`, each of shape (T,), float32."
 
     def __init__(self, config: ScheduleConfig = ScheduleConfig()):
         self.config = config
         self.T = config.num_train_timesteps
-        self.betas = torch.linspace(config.beta_start, config.beta_end, self.T, dtype=torch.float32)
+        if config.beta_schedule == "scaled_linear":   # as diffusers' schedulers compute it (float32 throughout)
+            self.betas = torch.linspace(config.beta_start ** 0.5, config.beta_end ** 0.5, self.T, dtype=torch.float32) ** 2
+        else:
+            self.betas = torch.linspace(config.beta_start, config.beta_end, self.T, dtype=torch.float32)
         self.alphas = 1.0 - self.betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
 

@@ -17,7 +17,7 @@ from .baselines import (
     BlindSpotConfig, BlindSpotObjective, ESDConfig, ESDObjective, NegGradConfig, NegGradObjective, SAConfig, SalUnConfig,
     SalUnObjective, SAObjective, SOConfig, SOObjective, TSConfig, TSObjective)
 from .core import NoiseSchedule
-from .names import about, PRESET_NAMES, TEXT_PARAMS
+from .names import about, PRESET_NAMES, SD_PARAMS, SD_PRESET_NAMES, TEXT_PARAMS
 from .objectives import (
     EraseDiffConfig, EraseDiffObjective, FinetuneConfig, FinetuneObjective, ForgetLossConfig, UnlearnConfig)
 from .train import Preset
@@ -76,7 +76,7 @@ METHODS: dict[str, Method] = {
     # digits-text: lr 2e-4 kept the other digits (99 % fidelity; lr 1e-3: 55 %), on the shared 60 steps
     "esd": Method("esd", ESDConfig, ESDObjective, **about("esd"), defaults={"digits-text": dict(lr=2e-4)}),
     "esd_x": Method("esd_x", ESDConfig, ESDObjective, **about("esd_x"),
-                    defaults={p: dict(variant="x", **({"lr": 2e-4} if p == "digits-text" else {})) for p in PRESET_NAMES}),
+                    defaults={p: dict(variant="x", **({"lr": 2e-4} if p == "digits-text" else {})) for p in PRESET_NAMES + SD_PRESET_NAMES}),
 }
 
 
@@ -117,6 +117,14 @@ DEFAULT_CONFIGS: dict[str, EraseDiffConfig] = {
     "digits-text": EraseDiffConfig(epochs=3, rounds=2, rem_num=640, batch_size=64, forget_batch_size=64, lr=1e-3,
                                    warmup_steps=0, grad_clip=1.0, ema_decay=None, K=2, zeta=1e-3, lam=1.0,
                                    forget_loss="retarget", params=TEXT_PARAMS["noxattn"]),
+    # a user's Stable Diffusion: the authors' released nudity recipe (sd/train_scripts/train_nsfw.sh): Adam lr 1e-5, batch
+    # 16, 5 epochs over the forget images, K = 2, lambda 1, all of the UNet but cross-attention, time embedding and output
+    # layers, no clipping, no EMA, no label dropout; the deviate target is a pseudo prompt's prediction (`erasediff.sd`
+    # sets the anchor). Its scripts ran the outer pass K times per epoch: epochs 5 x rounds 2 x 800 / 16 = 500 outer steps.
+    # bf16 autocast (fp32 weights and Adam) so that it fits one GPU
+    **{p: EraseDiffConfig(epochs=5, rounds=2, rem_num=800, batch_size=16, forget_batch_size=16, lr=1e-5, warmup_steps=0,
+                          grad_clip=None, ema_decay=None, p_uncond=0.0, K=2, zeta=1e-3, lam=1.0, forget_loss="deviate",
+                          p_uncond_forget=0.0, params=SD_PARAMS["noxattn"], precision="bf16") for p in SD_PRESET_NAMES},
 }
 
 

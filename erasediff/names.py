@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'FORGET_LOSSES', 'PSEUDO_LABELS', 'PRESET_NAMES', 'TEXT_PRESET_NAMES', 'TEXT_PARAMS', 'WHAT', 'About',
-           'about']
+__all__ = ['METHOD_NAMES', 'FORGET_LOSSES', 'PSEUDO_LABELS', 'PRESET_NAMES', 'TEXT_PRESET_NAMES', 'SD_PRESET_NAMES',
+           'TEXT_PARAMS', 'SD_PARAMS', 'WHAT', 'About', 'about']
 
 # %% ../nbs/00b_names.ipynb #7b57db21
 class About(NamedTuple):
@@ -38,9 +38,12 @@ FORGET_LOSSES = ("deviate", "uniform", "gaussian", "retarget")   # the forget lo
 PSEUDO_LABELS = ("per_class", "per_sample", "per_batch", "anchor")  # how 'deviate' draws its pseudo classes ('anchor': one given)
 PRESET_NAMES = ("digits", "cifar10", "digits-text")              # erasediff.train.PRESETS, erasediff.text.TEXT_PRESETS
 TEXT_PRESET_NAMES = ("digits-text",)                             # the text-to-image ones
+SD_PRESET_NAMES = ("sd-nudity", "sd-concept")                    # erasediff.sd.SD_PRESETS: a user's Stable Diffusion pipeline
 # which weights of a text-to-image model an unlearning method trains (regexes over a PromptUNet's parameter names):
 # all of the UNet but its cross-attention (the authors' released SD default, ESD-u), its cross-attention only (ESD-x), all
 TEXT_PARAMS = {"noxattn": (r"^unet\.(?!.*\.attn2\.)",), "xattn": (r"^unet\..*\.attn2\.",), "full": (r"^unet\.",)}
+# the released Stable Diffusion scripts' 'noxattn' also leaves the time embedding and the output layers as they are
+SD_PARAMS = {**TEXT_PARAMS, "noxattn": (r"^unet\.(?!time_embedding\.|conv_out\.|conv_norm_out\.)(?!.*\.attn2\.)",)}
 WHAT = ("unscrubbed", "retrain", "classifier", "unconditional", "vae")  # the reference models a preset trains and ships
 
 

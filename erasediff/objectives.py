@@ -26,7 +26,7 @@ from .core import (
     num_classes, q_sample)
 from .data import ImageSet, InfiniteBatches
 from .names import FORGET_LOSSES, PSEUDO_LABELS
-from .train import LoopConfig
+from .train import LoopConfig, PRECISIONS
 
 # %% auto #0
 __all__ = ['FORGET_NOISES', 'LAMBDA_RULES', 'Q_ESTIMATES', 'UnlearnConfig', 'ForgetLossConfig', 'EraseDiffConfig',
@@ -57,6 +57,7 @@ class UnlearnConfig:
     p_uncond: float = 0.1                    # classifier-free label dropout on D_r
     antithetic: bool = True                  # antithetic timesteps (t, T-1-t)
     params: tuple[str, ...] = ()             # regexes over model.named_parameters(); () = all parameters
+    precision: str = "fp32"                  # 'bf16': forward/backward under bf16 autocast (weights and Adam stay fp32)
 
     def __post_init__(self):
         object.__setattr__(self, "params", tuple([self.params] if isinstance(self.params, str) else self.params))
@@ -74,6 +75,7 @@ class UnlearnConfig:
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if not 0 <= self.p_uncond < 1: raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        if self.precision not in PRECISIONS: raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for pat in self.params:
             try: re.compile(pat)
             except re.error as e: raise ValueError(f"params: {pat!r} is not a valid regular expression ({e})") from e
@@ -92,7 +94,7 @@ class UnlearnConfig:
         "The settings of the training loop `fit` for this budget."
         return LoopConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
                           weight_decay=self.weight_decay, grad_clip=self.grad_clip, ema_decay=self.ema_decay,
-                          seed=seed, log_every=1, ckpt_every=0, sample_every=0)
+                          seed=seed, log_every=1, ckpt_every=0, sample_every=0, precision=self.precision)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ from .core import ScheduleConfig
 # %% auto #0
 __all__ = ['atomic_write_bytes', 'finite_json', 'atomic_write_json', 'stale_siblings', 'atomic_dir', 'sha256_path',
            'save_weights', 'save_unet', 'unet_config_path', 'check_unet_folder', 'check_checkpoint', 'load_unet',
-           'check_schedule', 'check_device', 'measure', 'ResultsInUseError', 'release_lock', 'lock_folder', 'check_out',
-           'claim_output', 'die_with_parent', 'default_device', 'eval_mode', 'weights_sha256']
+           'check_schedule', 'check_device', 'measure', 'ResultsInUseError', 'release_lock', 'lock_folder',
+           'check_free', 'check_out', 'claim_output', 'die_with_parent', 'default_device', 'eval_mode',
+           'weights_sha256']
 
 # %% ../nbs/00a_runtime.ipynb #08a5cb29
 def _umask() -> int:
@@ -378,6 +379,13 @@ def lock_folder(out: Path, name: str = ".lock", who: str = "erasediff"):
                                   "finish or give another --out")
 
 
+def check_free(out: Path, overwrite: bool) -> None:
+    "FileExistsError when `out` holds something and `overwrite` is not given."
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out: {out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it "
+                              "(the old result stays until the new one is complete)")
+
+
 def check_out(out: Path | str, flag: str = "out") -> Path:
     """`out` as a Path, or a ValueError naming `flag` when no result can be written there, before any work: the current
     folder or one of its parents (replacing it would delete what the user is working in), an existing file, a path
@@ -455,5 +463,5 @@ def weights_sha256(model: nn.Module) -> str:
     "sha256 of the model's tensors (names and bytes, sorted): identifies weights wherever they came from."
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode() + b"\0"); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(k.encode() + b"\0"); h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype (bf16 too)
     return h.hexdigest()

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers.utils import logging as df_logging
 from transformers.utils import logging as hf_logging
 
 from .core import check_fields, check_seed, generate, is_main_process, NoiseSchedule, SamplerConfig, ScheduleConfig
@@ -256,13 +257,17 @@ def make_cond_unet(config: TextModelConfig) -> UNet2DConditionModel:
 # %% ../nbs/02a_text.ipynb #e8ec9458
 @contextmanager
 def quiet_hub():
-    "transformers without its load reports and progress bars (one tiny model loaded many times), restored after."
+    "transformers and diffusers without their load reports and progress bars (one tiny model loaded many times), restored after."
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    df_verbosity = df_logging.get_verbosity()
+    df_bars = df_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+    df_logging.set_verbosity_error(); df_logging.disable_progress_bar()
     try: yield
     finally:
-        hf_logging.set_verbosity(verbosity)
+        hf_logging.set_verbosity(verbosity); df_logging.set_verbosity(df_verbosity)
         if bars: hf_logging.enable_progress_bar()
+        if df_bars: df_logging.enable_progress_bar()
 
 
 class _Config(dict):
@@ -323,9 +328,9 @@ class PromptUNet(nn.Module):
 
 
 def pipeline_scheduler(schedule: ScheduleConfig) -> DDIMScheduler:
-    "The DDIM scheduler a saved pipeline carries: the preset's linear betas, SD's step offset, no clipping (latents)."
+    "The DDIM scheduler a saved pipeline carries: the model's betas, SD's step offset, no clipping (latents)."
     return DDIMScheduler(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
-                         beta_end=schedule.beta_end, beta_schedule="linear", clip_sample=False, set_alpha_to_one=False,
+                         beta_end=schedule.beta_end, beta_schedule=schedule.beta_schedule, clip_sample=False, set_alpha_to_one=False,
                          steps_offset=1)
 
 
@@ -349,7 +354,7 @@ def load_prompt_unet(folder: Path | str, device: str | torch.device = "cpu") -> 
         tok = CLIPTokenizer.from_pretrained(p, subfolder="tokenizer")
     table = PromptTable.from_dict(json.loads((p / "prompts.json").read_text()))
     sch = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
-    schedule = ScheduleConfig(sch["num_train_timesteps"], sch["beta_start"], sch["beta_end"])
+    schedule = ScheduleConfig(sch["num_train_timesteps"], sch["beta_start"], sch["beta_end"], sch.get("beta_schedule", "linear"))
     return PromptUNet(unet, te, tok, table, vae.eval(), schedule).to(device).eval()
 
 # %% ../nbs/02a_text.ipynb #28e0901a

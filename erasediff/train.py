@@ -43,11 +43,12 @@ from .runtime import (
     save_weights, sha256_path)
 
 # %% auto #0
-__all__ = ['CLASSIFIERS', 'PRESETS', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig', 'NonFiniteLossError',
-           'FitResult', 'check_data_parallel', 'fit', 'DigitsClassifier', 'ResNetClassifier', 'predict', 'accuracy',
-           'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset', 'sample_grid',
-           'show_grid', 'save_grid', 'save_png', 'check_run_folder', 'train_reference', 'in_run_folder', 'data_dir',
-           'read_manifest', 'reference_path', 'load_reference', 'ship_reference', 'class_recognition', 'class_shares']
+__all__ = ['PRECISIONS', 'CLASSIFIERS', 'PRESETS', 'Objective', 'DiffusionObjective', 'ClassifierObjective', 'LoopConfig',
+           'NonFiniteLossError', 'FitResult', 'check_data_parallel', 'fit', 'DigitsClassifier', 'ResNetClassifier',
+           'predict', 'accuracy', 'per_class_accuracy', 'confusion_rows', 'ClassifierConfig', 'Preset', 'get_preset',
+           'sample_grid', 'show_grid', 'save_grid', 'save_png', 'check_run_folder', 'train_reference', 'in_run_folder',
+           'data_dir', 'read_manifest', 'reference_path', 'load_reference', 'ship_reference', 'class_recognition',
+           'class_shares']
 
 # %% ../nbs/02_train.ipynb #bab6f5bd
 class Objective(Protocol):
@@ -97,6 +98,9 @@ class ClassifierObjective:
         return {"loss": loss.item(), "acc": (logits.argmax(1).cpu() == y).float().mean().item()}
 
 # %% ../nbs/02_train.ipynb #250382ab
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     "Optimisation settings of one run of the loop, validated on construction."
@@ -105,12 +109,13 @@ class LoopConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    grad_clip: Optional[float] = 1.0
     ema_decay: Optional[float] = 0.999
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 500
     sample_every: int = 0
+    precision: str = "fp32"     # "bf16": the objective's passes under bf16 autocast; weights, gradients, Adam stay fp32
 
     def __post_init__(self):
         check_fields(self)
@@ -121,6 +126,9 @@ class LoopConfig:
             if getattr(self, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if self.weight_decay < 0: raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0: raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} (fp16 would need loss scaling inside every "
+                             f"objective's backward), got {self.precision!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
@@ -199,6 +207,8 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
         if ema is None: return model
         m = copy.deepcopy(model); ema.copy_to(m.parameters()); return m
 
+    device_type = params[0].device.type if params else "cpu"
+    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     rank, world = data_parallel()
     check_data_parallel(objective)
 
@@ -219,9 +229,10 @@ def fit(model: nn.Module, objective, batches: Iterator, config: LoopConfig, *, o
     with measure() as cost:
         for step in bar:
             with batch_shard(rank, world):                # one process: a no-op; several: each computes its rows
-                if hasattr(objective, "on_step_start"): objective.on_step_start(model, step, batches, gen)
-                opt.zero_grad(set_to_none=True)
-                logs = objective.grads(model, next(batches), gen)
+                with autocast():
+                    if hasattr(objective, "on_step_start"): objective.on_step_start(model, step, batches, gen)
+                    opt.zero_grad(set_to_none=True)
+                    logs = objective.grads(model, next(batches), gen)
                 if world > 1:                             # average gradients and logs over the processes
                     if not getattr(objective, "syncs_grads", False):
                         synced = [p for p in params if p.grad is not None]

@@ -31,7 +31,7 @@ from .membership import membership_inference, memorization_report, plot_memoriza
 from .methods import default_config, get_method, make_objective, METHODS
 from .objectives import ForgetLossConfig, select_params, UnlearnConfig
 from .runtime import (
-    atomic_dir, atomic_write_json, check_checkpoint, check_device, check_out, check_schedule, claim_output,
+    atomic_dir, atomic_write_json, check_checkpoint, check_device, check_free, check_out, check_schedule, claim_output,
     default_device, load_unet, save_weights, sha256_path, unet_config_path, weights_sha256)
 from .train import (
     check_data_parallel, CLASSIFIERS, fit, get_preset, predict, Preset, reference_path, save_grid, save_png)
@@ -264,13 +264,6 @@ def _config_table_from_dict(d: dict) -> str:
     return "\n".join(f"| `{k}` | `{v}` |" for k, v in d.items())
 
 # %% ../nbs/10_unlearn.ipynb #afc04c6c
-def _check_free(out: Path, overwrite: bool) -> None:
-    "FileExistsError when `out` holds something and `overwrite` is not given."
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"out: {out} exists and is not empty; pass overwrite=True (CLI: --overwrite) to replace it "
-                              "(the old result stays until the new one is complete)")
-
-
 def _config_for(preset: Preset, method: str, config, conditional: Optional[bool], spec: ForgetSpec) -> UnlearnConfig:
     """`_resolve_config`, and a ValueError for an option the resolved forget loss would ignore: pseudo labels other than
     'deviate''s, a retarget pool without 'retarget'."""
@@ -330,7 +323,7 @@ def unlearn(preset: str | Preset | TextPreset = "digits", forget=DEFAULT_FORGET,
     preset = get_preset(preset) if isinstance(preset, str) else preset
     get_method(method)
     out = check_out(out, "out")
-    _check_free(out, overwrite)
+    check_free(out, overwrite)
     check_seed(seed)
     if device is not None: check_device(device)              # e.g. 'cuda' on a machine without a GPU
     n_eval = preset.eval_per_class if eval_per_class is None else eval_per_class
@@ -359,7 +352,7 @@ def unlearn(preset: str | Preset | TextPreset = "digits", forget=DEFAULT_FORGET,
         return _unlearn_work(preset, method, spec, splits, train, model, source, objective, config, schedule, sampler, clf,
                              clf_info, n_eval, seed, dev, progress, callback, t_start, None) | {"out": str(out)}
     with claim_output(out, who="erasediff unlearn", flag="out"):   # a second run into `out` is refused from here on
-        _check_free(out, overwrite)                            # a run that finished while this one was checking
+        check_free(out, overwrite)                            # a run that finished while this one was checking
         metrics = _unlearn_work(preset, method, spec, splits, train, model, source, objective, config, schedule, sampler,
                                 clf, clf_info, n_eval, seed, dev, progress, callback, t_start, out)
     return {**metrics, "out": str(out)}
@@ -462,7 +455,7 @@ def unlearn_concept(preset: str | TextPreset = "digits-text", forget_prompt: Opt
         raise ValueError(f"method: {m.label} has no text-to-image form here ({m.text_note}); choose one of "
                          f"{sorted(k for k, v in METHODS.items() if v.text)}")
     out = check_out(out, "out")
-    _check_free(out, overwrite)
+    check_free(out, overwrite)
     check_seed(seed)
     if device is not None: check_device(device)
     n_eval = preset.eval_per_prompt if eval_per_prompt is None else eval_per_prompt
@@ -487,7 +480,7 @@ def unlearn_concept(preset: str | TextPreset = "digits-text", forget_prompt: Opt
     clf, clf_info = (_load_classifier(get_preset(preset.classifier_preset), classifier, dev) if n_eval else (None, None))
     source["weights_sha256"] = weights_sha256(model)
     with claim_output(out, who="erasediff unlearn", flag="out"):
-        _check_free(out, overwrite)
+        check_free(out, overwrite)
         return _unlearn_concept_work(preset, method, prompt, forget_images, model, source, objective, config, schedule,
                                      sampler, clf, clf_info, n_eval, seed, progress, callback, t_start, out) | {"out": str(out)}
 
