@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import torch
 
-from erasediff.core import NoiseSchedule, SamplerConfig
+from erasediff.core import NoiseSchedule
 from erasediff.data import ImageSet
 from erasediff.methods import default_config, make_objective
 from erasediff.objectives import select_params
