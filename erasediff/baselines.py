@@ -520,7 +520,9 @@ class ESDObjective(FinetuneObjective):
         return x, torch.full((len(y),), ts[stop], device=p.device, dtype=torch.long)
 
     def grads(self, model, batch, generator):
-        if self.frozen is None: self.frozen = _frozen_copy(model)
+        if self.frozen is None:           # under bf16 autocast the frozen original is kept in bf16 (half the memory)
+            self.frozen = _frozen_copy(model)
+            if self.config.precision == "bf16": self.frozen.to(torch.bfloat16)
         x, y = batch[1]
         p = next(model.parameters())
         y = y.to(p.device)

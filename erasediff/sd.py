@@ -339,7 +339,8 @@ def _copy_bytes(method: str, config: UnlearnConfig, n_trainable: int, n_model_by
     "Bytes of the copies `method` keeps besides the model (snapshots, frozen originals, references, masks)."
     if method == "erasediff" and getattr(config, "needs_q", False):
         return 4 * n_trainable * (2 if config.q_estimate == "paired" else 1)    # the snapshot of theta (and phi_K)
-    if method in ("esd", "esd_x"): return n_model_bytes                        # the frozen original (a deep copy)
+    if method in ("esd", "esd_x"):                                             # the frozen original (a deep copy; bf16 under bf16)
+        return n_model_bytes // 2 if config.precision == "bf16" else n_model_bytes
     if method == "salun": return 5 * n_trainable                               # the masked weights' originals + the mask
     if method == "sa": return 8 * n_trainable                                  # the reference weights + the Fisher diagonal
     if method == "blindspot": return n_model_bytes

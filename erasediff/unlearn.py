@@ -30,6 +30,7 @@ from .data import ForgetSpec, ImageSet, make_splits, Splits
 from .membership import membership_inference, memorization_report, plot_memorization
 from .methods import default_config, get_method, make_objective, METHODS
 from .objectives import ForgetLossConfig, select_params, UnlearnConfig
+from .sd import SD_PRESETS, SDPreset, unlearn_sd
 from .runtime import (
     atomic_dir, atomic_write_json, check_checkpoint, check_device, check_free, check_out, check_schedule, claim_output,
     default_device, load_unet, save_weights, sha256_path, unet_config_path, weights_sha256)
@@ -303,9 +304,21 @@ def unlearn(preset: str | Preset | TextPreset = "digits", forget=DEFAULT_FORGET,
     complete. Returns the metrics (also in out/metrics.json).
     A text preset (`digits-text`) forgets the concept named by `forget_prompt` (default: the preset's) instead of
     classes, from `forget_images` ('data' or 'generate:N', see `concepts.concept_data`), and writes a pipeline folder
-    (see `unlearn_concept`); `eval_per_class` is then the samples per prompt."""
+    (see `unlearn_concept`); `eval_per_class` is then the samples per prompt. A Stable Diffusion preset (`sd-nudity`,
+    `sd-concept`) unlearns the pipeline `checkpoint` (a folder or hub name) with `erasediff.sd.unlearn_sd`, whose own
+    options (evaluation prompts, memory, precision) are reached there."""
     t_start = time.perf_counter()
     # ---- checks, before any work ----
+    if isinstance(preset, SDPreset) or (isinstance(preset, str) and preset in SD_PRESETS):
+        if forget is not DEFAULT_FORGET or forget_images != "data" or classifier is not None or allow_pickle:
+            raise ValueError("forget: a Stable Diffusion preset forgets the prompts of forget_prompt (default: the "
+                             "preset's) from images the model generates; forget, forget_images, classifier and "
+                             "allow_pickle are not its options")
+        if checkpoint is None:
+            raise ValueError("checkpoint: a Stable Diffusion preset unlearns the pipeline you give (a folder or a hub name)")
+        return unlearn_sd(checkpoint, preset, out, method=method, forget_prompt=forget_prompt, config=config, seed=seed,
+                          overwrite=overwrite, progress=progress, device=device, eval_per_prompt=eval_per_class,
+                          callback=callback)
     if isinstance(preset, TextPreset) or (isinstance(preset, str) and preset in TEXT_PRESETS):
         if forget is not DEFAULT_FORGET:
             raise ValueError("forget: a text model forgets a concept named in a prompt, not classes; pass forget_prompt "

@@ -188,7 +188,9 @@ def test_unlearn_sd_whole_path_on_a_tiny_pipeline(tiny_sd, tmp_path, cache):
     # a rerun renders nothing twice: the generated latents and the evaluation images come from the cache
     cached = files_under(cache)
     with pytest.raises(FileExistsError, match="overwrite"): unlearn_sd(tiny_sd, preset, out, config=SMALL, progress=False)
-    unlearn_sd(tiny_sd, preset, out, config=SMALL, progress=False, overwrite=True)
+    from erasediff.unlearn import unlearn                                       # the package's one entry point dispatches
+    with pytest.raises(ValueError, match="checkpoint: a Stable Diffusion preset"): unlearn(preset, out=out)
+    unlearn(preset, checkpoint=tiny_sd, out=out, config=SMALL, progress=False, overwrite=True)
     again = files_under(cache)
     assert {k: again[k] for k in cached} == cached
 
@@ -282,3 +284,21 @@ def test_evaluation_images_shard_over_processes_like_one(tiny_sd, tmp_path):
     for n in names:       # the same seed per prompt; batches grouped differently may round a pixel the other way
         a, b = (np.asarray(Image.open(tmp_path / d / n)).astype(int) for d in ("one", "two"))
         assert np.abs(a - b).max() <= 2 and (a != b).mean() < 0.01, (n, np.abs(a - b).max(), (a != b).mean())
+
+
+def test_esd_and_salun_run_the_sd_path_and_esd_keeps_its_frozen_original_in_bf16(tiny_sd, tmp_path, cache):
+    from erasediff.core import NoiseSchedule
+    from erasediff.methods import default_config, make_objective
+    preset = tiny_preset()
+    table = preset.table()
+    model = load_sd(tiny_sd, table, "cpu")
+    cfg = replace(default_config("sd-nudity", "esd"), **SMALL)
+    objective = make_objective("esd", NoiseSchedule(model.schedule), cfg, table.ids("forget").tolist(), 0)
+    x = torch.randn(2, 4, 16, 16)
+    batch = ((x, table.ids("remain")[:1].repeat(2)), (x, table.ids("forget")[:2]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logs = objective.grads(model.train(), batch, torch.Generator().manual_seed(0))
+    assert np.isfinite(logs["loss"]) and objective.frozen.unet.dtype == torch.bfloat16 and model.unet.dtype == torch.float32
+    for method in ("esd", "salun"):
+        m = unlearn_sd(tiny_sd, preset, tmp_path / method, method=method, config=SMALL, progress=False)
+        assert m["method"] == method and m["steps"] == 2 and m["after"]["forget_prompts"]["n_images"] == len(preset.forget_prompts)
