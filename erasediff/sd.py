@@ -42,10 +42,10 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from .baselines import cache_dir
 from .concepts import generated_set, plot_prompt_grids
-from .core import NoiseSchedule, SamplerConfig, ScheduleConfig, check_seed, generate
+from .core import NoiseSchedule, SamplerConfig, ScheduleConfig, check_seed, data_parallel, generate, is_main_process
 from .methods import METHODS, default_config, get_method, make_objective
 from .names import SD_PRESET_NAMES
-from .nudity import PromptRow, clip_score, fid_folders, image_files, nudity_counts, nudity_table, plot_nudity_counts, read_prompts
+from .nudity import NUDENET_THRESHOLD, PromptRow, clip_score, fid_folders, image_files, nudity_counts, nudity_table, plot_nudity_counts, read_prompts
 from .objectives import UnlearnConfig, select_params
 from erasediff.runtime import (
     atomic_dir, atomic_write_json, check_device, check_free, check_out, claim_output, default_device,
@@ -53,7 +53,7 @@ from erasediff.runtime import (
 from erasediff.text import (
     PromptTable, PromptUNet, TextModelConfig, build_tokenizer, decode_latents, make_cond_unet, make_text_encoder, make_vae,
     quiet_hub)
-from .train import fit, save_png
+from .train import check_data_parallel, fit, save_png
 
 # %% auto #0
 __all__ = ['SUPPORTED_PIPELINES', 'NOT_YET', 'NOT_TEXT', 'DTYPES', 'NUDITY_PROMPTS', 'CLOTHED', 'GENERIC_PROMPTS', 'SD_PRESETS',
@@ -74,9 +74,9 @@ NOT_TEXT = ("DDPMPipeline", "DDIMPipeline", "LDMPipeline", "ScoreSdeVePipeline",
 
 def _fetch_error(checkpoint: str, what: str) -> FileNotFoundError:
     return FileNotFoundError(
-        f"checkpoint: {checkpoint!r} is neither a local folder nor a hub model in the local Hugging Face cache ({what}); on a "
-        f"machine with internet run `huggingface-cli download {checkpoint}` (or `StableDiffusionPipeline.from_pretrained("
-        f"{checkpoint!r})` once), or pass the path of a pipeline folder")
+        f"checkpoint: {checkpoint!r} is neither a local folder nor a hub model in the local Hugging Face cache ({what}); "
+        f"on a machine with internet run `hf download {checkpoint}` (older huggingface_hub: `huggingface-cli download`; "
+        f"or `StableDiffusionPipeline.from_pretrained({checkpoint!r})` once), or pass the path of a pipeline folder")
 
 
 def model_index(checkpoint: str | Path) -> dict:
@@ -184,8 +184,9 @@ class SDPreset:
         if self.anchor_prompt in self.forget_prompts: raise ValueError(f"anchor_prompt {self.anchor_prompt!r} is a forget prompt")
         for k in ("n_forget", "n_remain", "gen_batch_size"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"{k} must be an int >= 1, got {getattr(self, k)!r}")
-        if not isinstance(self.eval_per_prompt, int) or self.eval_per_prompt < 0:
-            raise ValueError(f"eval_per_prompt must be an int >= 0, got {self.eval_per_prompt!r}")
+        if not isinstance(self.eval_per_prompt, int) or self.eval_per_prompt < 1:
+            raise ValueError(f"eval_per_prompt must be an int >= 1 (images per forget / remain prompt: the measure of every "
+                             f"run), got {self.eval_per_prompt!r}")
         if self.frozen_dtype not in DTYPES: raise ValueError(f"frozen_dtype must be one of {sorted(DTYPES)}, got {self.frozen_dtype!r}")
 
     def table(self) -> PromptTable: return sd_table(self.forget_prompts, self.remain_prompts, self.anchor_prompt)
@@ -335,15 +336,15 @@ def trace_step(unet_config: dict, text_len: int, text_dim: int, batch_size: int,
     return live.peak, train, 2 * fwd
 
 
-def _copy_bytes(method: str, config: UnlearnConfig, n_trainable: int, n_model_bytes: int) -> int:
+def _copy_bytes(method: str, config: UnlearnConfig, n_trainable: int, unet_bytes: int, frozen_bytes: int) -> int:
     "Bytes of the copies `method` keeps besides the model (snapshots, frozen originals, references, masks)."
     if method == "erasediff" and getattr(config, "needs_q", False):
         return 4 * n_trainable * (2 if config.q_estimate == "paired" else 1)    # the snapshot of theta (and phi_K)
-    if method in ("esd", "esd_x"):                                             # the frozen original (a deep copy; bf16 under bf16)
-        return n_model_bytes // 2 if config.precision == "bf16" else n_model_bytes
+    if method in ("esd", "esd_x"):              # the frozen original (a deep copy; its UNet cast to bf16 under bf16)
+        return (unet_bytes // 2 if config.precision == "bf16" else unet_bytes) + frozen_bytes
     if method == "salun": return 5 * n_trainable                               # the masked weights' originals + the mask
     if method == "sa": return 8 * n_trainable                                  # the reference weights + the Fisher diagonal
-    if method == "blindspot": return n_model_bytes
+    if method == "blindspot": return unet_bytes + frozen_bytes
     return 0
 
 
@@ -369,7 +370,7 @@ def estimate_memory(unet_config: dict, text_config: dict, vae_params: int, metho
     c, s = unet.config.in_channels, unet.config.sample_size
     parts = {"UNet weights (fp32)": 4 * n_unet, f"text encoder + VAE ({frozen_dtype})": fz * (n_text + vae_params),
              "Adam moments (fp32)": 8 * n_train,
-             "method's copies": _copy_bytes(method, config, n_train, 4 * n_unet + fz * (n_text + vae_params)),
+             "method's copies": _copy_bytes(method, config, n_train, 4 * n_unet, fz * (n_text + vae_params)),
              "cached latents": 4 * n_latents * c * s * s,
              # the larger of: the step's activations and gradients (traced), and the optimiser step (p.grad + a temporary)
              "one step: activations and gradients (traced)": max(step, 8 * n_train)}
@@ -465,6 +466,7 @@ def generate_images(model: PromptUNet, rows: Sequence[PromptRow], folder: Path |
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     path = lambda r: folder / f"{r.index:05d}.png"
     state = PartialState()
+    state.wait_for_everyone()                     # every process lists the same missing files
     todo = sorted((r for r in rows if not path(r).exists()), key=lambda r: (r.guidance or 0, r.index))
     pipe = model.pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -482,7 +484,7 @@ def generate_images(model: PromptUNet, rows: Sequence[PromptRow], folder: Path |
                     images = pipe([r.prompt for r in rs], guidance_scale=g, num_inference_steps=sampler.steps, eta=sampler.eta,
                                   generator=gens, output_type="pil").images
                 for r, im in zip(rs, images):
-                    tmp = path(r).with_suffix(".tmp.png"); im.save(tmp); tmp.replace(path(r))   # atomic
+                    tmp = path(r).with_name(path(r).name + ".tmp"); im.save(tmp, format="PNG"); tmp.replace(path(r))
             bar.update(len(chunk))
         bar.close()
     state.wait_for_everyone()
@@ -531,9 +533,10 @@ def check_clip_weights(name: str) -> str:
         return name
     try: hf_hub_download(name, "config.json")
     except (LocalEntryNotFoundError, OSError, HFValidationError):
-        raise FileNotFoundError(f"clip_model: the CLIP weights {name!r} are neither a local folder nor in the local Hugging Face cache; on a machine "
-                                f"with internet run `huggingface-cli download {name}`, or pass a local folder holding a "
-                                "transformers CLIPModel and its processor") from None
+        raise FileNotFoundError(f"clip_model: the CLIP weights {name!r} are neither a local folder nor in the local Hugging "
+                                f"Face cache; on a machine with internet run `hf download {name}` (older huggingface_hub: "
+                                "`huggingface-cli download`), or pass a local folder holding a transformers CLIPModel and its "
+                                "processor") from None
     return name
 
 
@@ -547,7 +550,7 @@ def check_fits(est: MemoryEstimate, capacity: int, device: torch.device, retry: 
         f"these would fit ({found[1].gib():.1f} GiB): precision={found[0]['precision']!r}, gradient_checkpointing="
         f"{found[0]['checkpointing']}, batch_size={found[0]['batch_size']} (CLI: --precision {found[0]['precision']}"
         f"{' --gradient-checkpointing' if found[0]['checkpointing'] else ' --no-gradient-checkpointing'} --batch-size "
-        f"{found[0]['batch_size']})")
+        f"{found[0]['batch_size']}{' --set forget_batch_size=' + str(found[0]['batch_size']) if getattr(config, 'forget_batch_size', None) else ''})")
     raise DoesNotFitError(f"the run needs about {est.gib():.1f} GiB (estimate) and {device} has {capacity / 2**30:.1f} GiB; "
                           f"{hint}\n{est.table()}")
 
@@ -610,6 +613,7 @@ def unlearn_sd(checkpoint: str | Path, preset: str | SDPreset = "sd-nudity", out
                          f"{sorted(k for k, v in METHODS.items() if v.text)}")
     out = check_out(out, "out"); check_free(out, overwrite); check_seed(seed)
     dev = check_device(device) if device is not None else default_device(preset.device)
+    if data_parallel()[1] > 1 and dev.type == "cuda": dev = PartialState().device      # accelerate launch: this rank's GPU
     check_pipeline(checkpoint)
     rows_i2p = read_prompts(eval_prompts, limit=eval_limit) if eval_prompts is not None else None
     rows_coco = read_prompts(coco_prompts, limit=eval_limit) if coco_prompts is not None else None
@@ -619,6 +623,7 @@ def unlearn_sd(checkpoint: str | Path, preset: str | SDPreset = "sd-nudity", out
     if rows_coco is not None: check_clip_weights(clip_model)
     table = preset.table()
     config = _sd_config(preset, method, config, table)
+    if config.precision == "fp32": preset = replace(preset, frozen_dtype="fp32")   # no bf16 states into an fp32 UNet
     unet_cfg, text_cfg, n_vae = component_configs(checkpoint)
     ckpt = preset.gradient_checkpointing
     n_lat = preset.n_forget + preset.n_remain
@@ -640,12 +645,16 @@ def unlearn_sd(checkpoint: str | Path, preset: str | SDPreset = "sd-nudity", out
     fids = table.ids("forget")
     objective = make_objective(method, NoiseSchedule(model.schedule), config, fids.tolist(), seed)
     objective.check_model(model)
+    select_params(model, config.params)                        # patterns that match nothing -> ValueError
+    check_data_parallel(objective)                             # e.g. SA under accelerate launch
     source = {"name": str(checkpoint) if not Path(checkpoint).is_absolute() else Path(checkpoint).name,
               "pipeline": "StableDiffusionPipeline", "unet_sha256": weights_sha256(model.unet)}
+    work = lambda o: _unlearn_sd_work(checkpoint, model, preset, method, objective, config, source, est, secs, rows_i2p,
+                                      rows_coco, reference_images, clip_model, seed, progress, callback, t_start, o)
+    if not is_main_process(): return work(None) | {"out": str(out)}   # accelerate launch: every rank works, rank 0 writes
     with claim_output(out, who="erasediff unlearn", flag="out"):
         check_free(out, overwrite)
-        return _unlearn_sd_work(checkpoint, model, preset, method, objective, config, source, est, secs, rows_i2p, rows_coco,
-                                reference_images, clip_model, seed, progress, callback, t_start, out) | {"out": str(out)}
+        return work(out) | {"out": str(out)}
 
 
 def _rows_key(rows: Sequence[PromptRow], sampler: SamplerConfig, seed: int) -> str:
@@ -658,7 +667,9 @@ def sd_measures(model: PromptUNet, preset: SDPreset, seed: int = 0, rows_i2p: Op
     """NudeNet counts on `eval_per_prompt` images of each forget and of each remain prompt (and of `rows_i2p`), CLIP
     score and FID (against `reference_images`) of `rows_coco`. Images are cached under cache_dir()/sd-eval/<UNet
     sha256>/<prompts, sampler, seed>/, so a rerun with the same weights renders nothing twice."""
-    base = cache_dir() / "sd-eval" / weights_sha256(model.unet)[:16]
+    key = hashlib.sha256(json.dumps([weights_sha256(model), weights_sha256(model.vae), precision]).encode()).hexdigest()
+    base = cache_dir() / "sd-eval" / key[:16]            # the weights that draw the images (UNet, text encoder, VAE), the precision
+    dev = next(model.unet.parameters()).device
     render = lambda rows, name: generate_images(model, rows, base / f"{name}-{_rows_key(rows, preset.sampler, seed)}",
                                                 preset.sampler, seed, preset.gen_batch_size, progress, precision)
     k = preset.eval_per_prompt
@@ -669,8 +680,10 @@ def sd_measures(model: PromptUNet, preset: SDPreset, seed: int = 0, rows_i2p: Op
     if rows_i2p: res["i2p"] = nudity_counts(render(rows_i2p, "i2p"), progress=progress)
     if rows_coco:
         paths = render(rows_coco, "coco")
-        res["coco"] = {"clip_score": clip_score(paths, [r.prompt for r in rows_coco], clip_model)}
-        if reference_images is not None: res["coco"]["fid"] = fid_folders(paths[0].parent, reference_images)
+        score = clip_score(paths, [r.prompt for r in rows_coco], clip_model, device=dev)
+        if Path(str(clip_model)).is_absolute(): score["model"] = Path(clip_model).name      # no machine paths in results
+        res["coco"] = {"clip_score": score}
+        if reference_images is not None: res["coco"]["fid"] = fid_folders(paths[0].parent, reference_images, device=dev)
     return res
 
 
@@ -699,16 +712,18 @@ def prompt_samples(model: PromptUNet, prompts: Sequence[str], n: int = 4, seed: 
 
 
 def _unlearn_sd_work(checkpoint, model, preset, method, objective, config, source, est, secs, rows_i2p, rows_coco, reference_images,
-                     clip_model, seed, progress, callback, t_start, out: Path) -> dict:
-    "The work of `unlearn_sd` once every input is checked."
+                     clip_model, seed, progress, callback, t_start, out: Optional[Path]) -> dict:
+    "The work of `unlearn_sd` once every input is checked; `out` None: compute, write nothing (not the main process)."
     torch.manual_seed(seed)
     table, schedule, prec = model.table, NoiseSchedule(model.schedule), config.precision
     amp = torch.autocast(next(model.unet.parameters()).device.type, dtype=torch.bfloat16, enabled=prec == "bf16")
+    t_gen = time.perf_counter()
     with amp:
         forget = generated_set(model, table.ids("forget"), preset.n_forget, schedule, preset.sampler, seed,
                                batch_size=preset.gen_batch_size, progress=progress, name="generated forget")
         remain = generated_set(model, table.ids("remain"), preset.n_remain, schedule, preset.sampler, seed + 10_000,
                                batch_size=preset.gen_batch_size, progress=progress, name="generated remain")
+    t_gen = time.perf_counter() - t_gen
     measure = lambda mdl: sd_measures(mdl.eval(), preset, seed, rows_i2p, rows_coco, reference_images, clip_model, prec, progress)
     before = measure(model)
     shown = list(preset.forget_prompts[:3]) + list(preset.remain_prompts[:2])
@@ -725,10 +740,12 @@ def _unlearn_sd_work(checkpoint, model, preset, method, objective, config, sourc
                "frozen_dtype": preset.frozen_dtype, "memory_estimate": {"parts_bytes": est.parts, "total_gib": est.gib(),
                                                                          "settings": est.settings},
                "time_estimate": secs, "before": before, "after": after, "unlearn_seconds": res.cost["wall_s"],
+               "generate_seconds": t_gen,
                "peak_rss_mb": res.cost.get("peak_rss_mb"), "cuda_peak_mb": res.cost.get("cuda_peak_mb"),
                "device": str(next(model.unet.parameters()).device), "torch": torch.__version__,
                "final": res.history[-1] if res.history else None}
     metrics["total_seconds"] = time.perf_counter() - t_start
+    if out is None: return metrics
     with atomic_dir(out, overwrite=True) as tmp:
         save_sd(res.model.unet, checkpoint, tmp / "pipeline")
         atomic_write_json(tmp / "metrics.json", metrics)
@@ -738,7 +755,7 @@ def _unlearn_sd_work(checkpoint, model, preset, method, objective, config, sourc
         save_png(plot_prompt_grids(grid_before, grid_after, shown, get_method(method).label), tmp / "samples.png")
         reports = {f"before: {k}": before[k] for k in ("forget_prompts", "i2p") if before.get(k)}
         reports |= {f"after: {k}": after[k] for k in ("forget_prompts", "i2p") if after.get(k)}
-        save_png(plot_nudity_counts(reports, title=f"NudeNet detections (score >= {before['forget_prompts']['threshold']})"),
+        save_png(plot_nudity_counts(reports, title=f"NudeNet detections (score >= {NUDENET_THRESHOLD})"),
                  tmp / "nudity.png")
     return metrics
 

@@ -310,10 +310,11 @@ def unlearn(preset: str | Preset | TextPreset = "digits", forget=DEFAULT_FORGET,
     t_start = time.perf_counter()
     # ---- checks, before any work ----
     if isinstance(preset, SDPreset) or (isinstance(preset, str) and preset in SD_PRESETS):
-        if forget is not DEFAULT_FORGET or forget_images != "data" or classifier is not None or allow_pickle:
+        if (forget is not DEFAULT_FORGET or forget_images != "data" or classifier is not None or allow_pickle
+                or sampler is not None):
             raise ValueError("forget: a Stable Diffusion preset forgets the prompts of forget_prompt (default: the "
-                             "preset's) from images the model generates; forget, forget_images, classifier and "
-                             "allow_pickle are not its options")
+                             "preset's) from images the model generates; forget, forget_images, classifier, sampler and "
+                             "allow_pickle are not its options (its sampler is the preset's: pass an SDPreset)")
         if checkpoint is None:
             raise ValueError("checkpoint: a Stable Diffusion preset unlearns the pipeline you give (a folder or a hub name)")
         return unlearn_sd(checkpoint, preset, out, method=method, forget_prompt=forget_prompt, config=config, seed=seed,

@@ -60,7 +60,7 @@ def test_check_pipeline_accepts_sd_and_refuses_the_others(tiny_sd, tmp_path, mon
         with pytest.raises(NotImplementedError, match=f"{cls}: not supported yet"): check_pipeline(tmp_path / cls)
     with pytest.raises(FileNotFoundError, match="not a folder, nor a hub name"): check_pipeline(tmp_path / "missing" / "x" / "y")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download nobody/no-such-model"):
+    with pytest.raises(FileNotFoundError, match="hf download nobody/no-such-model"):
         check_pipeline("nobody/no-such-model")
 
 
@@ -94,7 +94,8 @@ def test_sd_presets_validate():
     for bad, match in ((dict(forget_prompts=()), "forget_prompts must be a non-empty"), (dict(remain_prompts=("",)), "remain_prompts"),
                        (dict(remain_prompts=(p.forget_prompts[0],)), "also a forget prompt"),
                        (dict(anchor_prompt=p.forget_prompts[1]), "anchor_prompt.*is a forget prompt"),
-                       (dict(n_forget=0), "n_forget must be an int >= 1"), (dict(frozen_dtype="int8"), "frozen_dtype")):
+                       (dict(n_forget=0), "n_forget must be an int >= 1"), (dict(frozen_dtype="int8"), "frozen_dtype"),
+                       (dict(eval_per_prompt=0), "eval_per_prompt must be an int >= 1")):
         with pytest.raises(ValueError, match=match): replace(p, **bad)
     with pytest.raises(ValueError, match="preset must be one of"): get_sd_preset("sd-nudes")
     assert get_sd_preset("sd-concept", forget_prompts=("a cat",)).forget_prompts == ("a cat",)
@@ -299,6 +300,22 @@ def test_esd_and_salun_run_the_sd_path_and_esd_keeps_its_frozen_original_in_bf16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logs = objective.grads(model.train(), batch, torch.Generator().manual_seed(0))
     assert np.isfinite(logs["loss"]) and objective.frozen.unet.dtype == torch.bfloat16 and model.unet.dtype == torch.float32
-    for method in ("esd", "salun"):
-        m = unlearn_sd(tiny_sd, preset, tmp_path / method, method=method, config=SMALL, progress=False)
-        assert m["method"] == method and m["steps"] == 2 and m["after"]["forget_prompts"]["n_images"] == len(preset.forget_prompts)
+    for method, precision in (("esd", "bf16"), ("salun", "fp32")):      # fp32: the frozen parts are loaded in fp32 too
+        m = unlearn_sd(tiny_sd, preset, tmp_path / method, method=method, config=dict(SMALL, precision=precision), progress=False)
+        assert m["method"] == method and m["config"]["precision"] == precision and m["frozen_dtype"] == precision and m["steps"] == 2 and m["after"]["forget_prompts"]["n_images"] == len(preset.forget_prompts)
+
+
+def test_generated_latents_are_keyed_by_the_prompts_text(tiny_sd, cache):
+    "Other prompts at the same ids (a new --forget-prompt) never reuse the cached latents of the old ones."
+    from erasediff.concepts import generated_set
+    from erasediff.core import NoiseSchedule
+    preset = SD_PRESETS["sd-nudity"]
+    a = load_sd(tiny_sd, preset.table(), "cpu")
+    b = load_sd(tiny_sd, replace(preset, forget_prompts=("a cat",) + preset.forget_prompts[1:]).table(), "cpu")
+    sampler = SamplerConfig(steps=2, w=6.5, clip_sample=False)
+    ids = torch.tensor([0])
+    za = generated_set(a, ids, 2, NoiseSchedule(a.schedule), sampler)
+    folders = {p.parent for p in (cache / "generated").rglob("*.pt")}
+    zb = generated_set(b, ids, 2, NoiseSchedule(b.schedule), sampler)
+    assert len({p.parent for p in (cache / "generated").rglob("*.pt")}) == len(folders) + 1
+    assert not torch.equal(za.tensors()[0], zb.tensors()[0])
