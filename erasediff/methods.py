@@ -23,7 +23,8 @@ from .objectives import (
 from .train import Preset
 
 # %% auto #0
-__all__ = ['METHODS', 'DEFAULT_CONFIGS', 'LOSS_DEFAULTS', 'Method', 'get_method', 'make_objective', 'default_config']
+__all__ = ['METHODS', 'DEFAULT_CONFIGS', 'LOSS_DEFAULTS', 'Method', 'get_method', 'text_method', 'with_overrides',
+           'make_objective', 'default_config']
 
 # %% ../nbs/05_methods.ipynb #d5b37263
 @dataclass(frozen=True)
@@ -85,6 +86,30 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
     return METHODS[name]
+
+
+def text_method(name: str) -> Method:
+    "The method `name`, or a ValueError when it has no text-to-image form (e.g. BlindSpot), naming those that do."
+    m = get_method(name)
+    if not m.text:
+        raise ValueError(f"method: {m.label} has no text-to-image form here ({m.text_note}); choose one of "
+                         f"{sorted(k for k, v in METHODS.items() if v.text)}")
+    return m
+
+
+def with_overrides(base: UnlearnConfig, method: str, config) -> UnlearnConfig:
+    """The config of a run: `base` when `config` is None, `base` with the fields of a dict `config` replaced (unknown
+    fields refused), or `config` itself when it is an object of `method`'s config class."""
+    m = get_method(method)
+    if config is None: return base
+    if isinstance(config, dict):
+        known = {f.name for f in fields(m.config_cls)}
+        bad = sorted(set(config) - known)
+        if bad: raise ValueError(f"config: unknown field(s) {bad} for {m.config_cls.__name__}; known: {sorted(known)}")
+        return replace(base, **config)
+    if not isinstance(config, m.config_cls):
+        raise ValueError(f"config: method {method!r} takes a {m.config_cls.__name__} (or a dict of overrides), got {type(config).__name__}")
+    return config
 
 
 def make_objective(method: str, schedule: NoiseSchedule, config: Optional[UnlearnConfig] = None,

@@ -35,10 +35,10 @@ from .core import ScheduleConfig
 
 # %% auto #0
 __all__ = ['atomic_write_bytes', 'finite_json', 'atomic_write_json', 'stale_siblings', 'atomic_dir', 'sha256_path',
-           'save_weights', 'save_unet', 'unet_config_path', 'check_unet_folder', 'check_checkpoint', 'load_unet',
-           'check_schedule', 'check_device', 'measure', 'ResultsInUseError', 'release_lock', 'lock_folder',
-           'check_free', 'check_out', 'claim_output', 'die_with_parent', 'default_device', 'eval_mode',
-           'weights_sha256']
+           'drop_name_or_path', 'save_weights', 'save_unet', 'unet_config_path', 'check_unet_folder',
+           'check_checkpoint', 'load_unet', 'check_schedule', 'check_device', 'measure', 'ResultsInUseError',
+           'release_lock', 'lock_folder', 'check_free', 'check_out', 'claim_output', 'die_with_parent',
+           'default_device', 'eval_mode', 'weights_sha256']
 
 # %% ../nbs/00a_runtime.ipynb #08a5cb29
 def _umask() -> int:
@@ -178,6 +178,14 @@ def sha256_path(path: Path | str) -> str:
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def drop_name_or_path(config_json: Path | str) -> None:
+    "Remove `_name_or_path` (where weights were loaded from: a path of the machine that made them) from a config.json."
+    f = Path(config_json)
+    if not f.exists(): return
+    d = json.loads(f.read_text())
+    if d.pop("_name_or_path", None) is not None: f.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
 def save_weights(model: nn.Module, folder: Path | str) -> None:
     """`model.save_pretrained(folder)` in safetensors, refused (ValueError, nothing written) when a weight is NaN or
     infinite: a diverged run never becomes a checkpoint. The files get the modes a plain write would give (0o666 less
@@ -188,10 +196,7 @@ def save_weights(model: nn.Module, folder: Path | str) -> None:
         raise ValueError(f"refusing to save non-finite weights ({len(bad)} tensor(s), e.g. {bad[0]!r}): the run diverged; "
                          "lower the learning rate (CLI: --lr) or raise the gradient clipping")
     model.save_pretrained(folder, safe_serialization=True)
-    cfg = Path(folder) / "config.json"
-    if cfg.exists():
-        d = json.loads(cfg.read_text())
-        if d.pop("_name_or_path", None) is not None: cfg.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    drop_name_or_path(Path(folder) / "config.json")
     for f in Path(folder).rglob("*"):
         if f.is_file(): f.chmod(0o666 & ~_umask())
 

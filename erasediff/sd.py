@@ -43,12 +43,12 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from .baselines import cache_dir
 from .concepts import generated_set, plot_prompt_grids
 from .core import NoiseSchedule, SamplerConfig, ScheduleConfig, check_seed, data_parallel, generate, is_main_process
-from .methods import METHODS, default_config, get_method, make_objective
+from .methods import METHODS, default_config, get_method, make_objective, text_method, with_overrides
 from .names import SD_PRESET_NAMES
 from .nudity import NUDENET_THRESHOLD, PromptRow, clip_score, fid_folders, image_files, nudity_counts, nudity_table, plot_nudity_counts, read_prompts
 from .objectives import UnlearnConfig, select_params
 from erasediff.runtime import (
-    atomic_dir, atomic_write_json, check_device, check_free, check_out, claim_output, default_device,
+    atomic_dir, atomic_write_json, check_device, drop_name_or_path, check_free, check_out, claim_output, default_device,
     weights_sha256)
 from erasediff.text import (
     PromptTable, PromptUNet, TextModelConfig, build_tokenizer, decode_latents, make_cond_unet, make_text_encoder, make_vae,
@@ -575,16 +575,7 @@ def _prompts(v) -> Optional[tuple[str, ...]]:
 
 def _sd_config(preset: SDPreset, method: str, config, table: PromptTable) -> UnlearnConfig:
     "The method's config for `preset` (dict overrides validated); 'deviate' goes to the preset's anchor prompt."
-    m = get_method(method)
-    base = default_config(preset.name, method)
-    if isinstance(config, dict):
-        known = {f for f in base.__dataclass_fields__}
-        bad = sorted(set(config) - known)
-        if bad: raise ValueError(f"config: unknown field(s) {bad} for {type(base).__name__}; known: {sorted(known)}")
-        base = replace(base, **config)
-    elif config is not None:
-        if not isinstance(config, m.config_cls): raise ValueError(f"config: method {method!r} takes a {m.config_cls.__name__}")
-        base = config
+    base = with_overrides(default_config(preset.name, method), method, config)
     if getattr(base, "forget_loss", None) == "deviate" and getattr(base, "pseudo_label", None) != "anchor":
         base = replace(base, pseudo_label="anchor", anchor=anchor_id(table, preset.anchor_prompt))
     return base
@@ -607,10 +598,7 @@ def unlearn_sd(checkpoint: str | Path, preset: str | SDPreset = "sd-nudity", out
     preset = get_sd_preset(preset, forget_prompts=_prompts(forget_prompt), remain_prompts=_prompts(remain_prompts),
                            anchor_prompt=anchor_prompt, n_forget=n_forget, n_remain=n_remain, eval_per_prompt=eval_per_prompt,
                            gradient_checkpointing=gradient_checkpointing)
-    m = get_method(method)
-    if not m.text:
-        raise ValueError(f"method: {m.label} has no text-to-image form here ({m.text_note}); choose one of "
-                         f"{sorted(k for k, v in METHODS.items() if v.text)}")
+    text_method(method)
     out = check_out(out, "out"); check_free(out, overwrite); check_seed(seed)
     dev = check_device(device) if device is not None else default_device(preset.device)
     if data_parallel()[1] > 1 and dev.type == "cuda": dev = PartialState().device      # accelerate launch: this rank's GPU
@@ -694,9 +682,7 @@ def save_sd(unet: UNet2DConditionModel, checkpoint: str | Path, folder: Path | s
         pipe = StableDiffusionPipeline.from_pretrained(str(checkpoint), unet=unet, safety_checker=None, feature_extractor=None,
                                                        requires_safety_checker=False)
         pipe.save_pretrained(folder, safe_serialization=True)
-    for f in Path(folder).glob("*/config.json"):        # no path of the machine that made the weights
-        d = json.loads(f.read_text())
-        if d.pop("_name_or_path", None) is not None: f.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    for f in Path(folder).glob("*/config.json"): drop_name_or_path(f)
 
 
 def prompt_samples(model: PromptUNet, prompts: Sequence[str], n: int = 4, seed: int = 0, precision: str = "fp32",

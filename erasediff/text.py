@@ -30,7 +30,8 @@ from transformers.utils import logging as hf_logging
 
 from .core import check_fields, check_seed, generate, is_main_process, NoiseSchedule, SamplerConfig, ScheduleConfig
 from .data import ImageSet, InfiniteBatches, load_digits_set
-from .runtime import atomic_dir, atomic_write_json, check_device, check_out, default_device, save_weights
+from .runtime import (
+    atomic_dir, atomic_write_json, check_device, check_out, default_device, drop_name_or_path, save_weights)
 from .train import (
     check_run_folder, DiffusionObjective, fit, FitResult, in_run_folder, LoopConfig, predict, reference_path)
 
@@ -321,9 +322,7 @@ class PromptUNet(nn.Module):
         "Write a StableDiffusionPipeline folder (safetensors) plus prompts.json, the prompt table."
         folder = Path(folder)
         with quiet_hub(): self.pipeline(scheduler).save_pretrained(folder, safe_serialization=True)
-        for f in folder.glob("*/config.json"):         # no path of the machine that made the weights
-            d = json.loads(f.read_text())
-            if d.pop("_name_or_path", None) is not None: f.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        for f in folder.glob("*/config.json"): drop_name_or_path(f)
         (folder / "prompts.json").write_text(json.dumps(self.table.to_dict(), indent=1) + "\n")
 
 

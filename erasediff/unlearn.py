@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,7 +28,7 @@ from .concepts import (
     concept_data, concept_report, grid_prompts, parse_forget_images, plot_prompt_grids, prompt_grid)
 from .data import ForgetSpec, ImageSet, make_splits, Splits
 from .membership import membership_inference, memorization_report, plot_memorization
-from .methods import default_config, get_method, make_objective, METHODS
+from .methods import default_config, get_method, make_objective, METHODS, text_method, with_overrides
 from .objectives import ForgetLossConfig, select_params, UnlearnConfig
 from .sd import SD_PRESETS, SDPreset, unlearn_sd
 from .runtime import (
@@ -103,16 +103,7 @@ def _resolve_config(preset: Preset, method: str, config, conditional: Optional[b
     if issubclass(m.config_cls, ForgetLossConfig):
         loss = config.get("forget_loss") if isinstance(config, dict) else None
         if loss is None and (conditional is False or sample_level): loss = "retarget"
-    base = default_config(preset, method, loss)
-    if config is None: return base
-    if isinstance(config, dict):
-        known = {f.name for f in fields(m.config_cls)}
-        bad = sorted(set(config) - known)
-        if bad: raise ValueError(f"config: unknown field(s) {bad} for {m.config_cls.__name__}; known: {sorted(known)}")
-        return replace(base, **config)
-    if not isinstance(config, m.config_cls):
-        raise ValueError(f"config: method {method!r} takes a {m.config_cls.__name__} (or a dict of overrides), got {type(config).__name__}")
-    return config
+    return with_overrides(default_config(preset, method, loss), method, config)
 
 
 def _load_checkpoint(preset: Preset, checkpoint, device, out: Path, allow_pickle: bool = False) -> tuple[UNet2DModel, dict]:
@@ -464,10 +455,7 @@ def unlearn_concept(preset: str | TextPreset = "digits-text", forget_prompt: Opt
     input is checked before any work; `out` is locked and replaced only once complete (as `unlearn`)."""
     t_start = time.perf_counter() if t_start is None else t_start
     preset = get_text_preset(preset) if isinstance(preset, str) else preset
-    m = get_method(method)
-    if not m.text:
-        raise ValueError(f"method: {m.label} has no text-to-image form here ({m.text_note}); choose one of "
-                         f"{sorted(k for k, v in METHODS.items() if v.text)}")
+    text_method(method)
     out = check_out(out, "out")
     check_free(out, overwrite)
     check_seed(seed)
