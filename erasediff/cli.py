@@ -21,8 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
-from .names import (
-    FORGET_LOSSES, METHOD_NAMES, PRESET_NAMES, PSEUDO_LABELS, SD_PARAMS, SD_PRESET_NAMES, TEXT_PARAMS, TEXT_PRESET_NAMES, WHAT)
+from erasediff.names import (
+    FORGET_LOSSES, METHOD_NAMES, PRESET_NAMES, PSEUDO_LABELS, ROBUST, SD_PARAMS, SD_PRESET_NAMES, TEXT_PARAMS, TEXT_PRESET_NAMES,
+    WHAT)
 
 # %% auto #0
 __all__ = ['build_parser', 'UsageError', 'main']
@@ -31,9 +32,9 @@ __all__ = ['build_parser', 'UsageError', 'main']
 def _lib() -> SimpleNamespace:
     """The library, imported once the command line is parsed and checked: torch and diffusers take seconds to import,
     and `--help` or a mistyped flag should answer at once (the one reason for imports inside a function here)."""
-    from erasediff import core, evaluate, figures, methods, reproduce, sd, text, train, unlearn
-    return SimpleNamespace(core=core, evaluate=evaluate, figures=figures, methods=methods, reproduce=reproduce, sd=sd, text=text,
-                           train=train, unlearn=unlearn)
+    from erasediff import attacks, core, evaluate, figures, methods, prompt_attacks, reproduce, sd, text, train, unlearn
+    return SimpleNamespace(attacks=attacks, core=core, evaluate=evaluate, figures=figures, methods=methods,
+                           prompt_attacks=prompt_attacks, reproduce=reproduce, sd=sd, text=text, train=train, unlearn=unlearn)
 
 # %% ../nbs/15_cli.ipynb #3aa3a40d
 def _print_main(result: dict) -> None:
@@ -141,6 +142,8 @@ def _overrides(args) -> dict:
         if k in over:
             raise ValueError(f"--set: {k} is given twice (also by {_flag_of(k, 'unlearn')})")
         over[k] = _value(v)
+    if getattr(args, "robust", False):                     # --set robust_*=... refines the setting
+        for k, v in ROBUST.items(): over.setdefault(k, v)
     return over
 
 
@@ -225,6 +228,59 @@ def _cmd_reproduce_text(L, args) -> int:
         L.figures.save_figure(L.figures.plot_text_forgetting(s["out"]), Path(s["out"]) / "forgetting")
     print((Path(s["out"]) / "table.md").read_text())
     print(json.dumps({"out": s["out"], "computed": len(s["computed"]), "wall_s": round(s["wall_s"], 1)}, indent=2))
+    return 0
+
+def _attack_models(args) -> dict:
+    """{name: folder, or {seed: folder}} of the --model items (NAME=FOLDER; '{seed}' in FOLDER: one folder per seed;
+    a bare 'retrain' / 'unscrubbed': the shipped reference), Retrain first (the reference) when not given."""
+    models = {}
+    for item in args.model:
+        name, _, folder = item.partition("=")
+        folder = folder or name
+        models[name] = {s: folder.replace("{seed}", str(s)) for s in range(args.seeds)} if "{seed}" in folder else folder
+    return models if "retrain" in models else {"retrain": "retrain", **models}
+
+
+def _attack_list(L, args) -> list:
+    "The attacks of --attack: relearn x --n-images x --lr, remain x --lr, labels."
+    A, steps = L.attacks, tuple(args.steps)
+    out = []
+    for kind in args.attack:
+        if kind == "relearn": out += [A.RelearnAttack(n, lr, steps) for n in args.n_images for lr in args.lr]
+        if kind == "remain": out += [A.RelearnAttack(args.remain_images, lr, steps, data="remain") for lr in args.lr]
+        if kind == "labels": out.append(A.LabelAttack(args.n_per_label))
+    return out
+
+
+def _cmd_attack_text(L, args) -> int:
+    "`erasediff attack` for a text preset: the prompt attacks of `erasediff.prompt_attacks`, over models and seeds."
+    P = L.prompt_attacks
+    budget = {k: v for k, v in (("steps", args.attack_steps), ("n_samples", args.n_samples)) if v is not None}
+    models, seeds = _attack_models(args), list(range(args.seeds))
+    out = args.out or Path("results") / f"{args.preset}-attacks"
+    done = P.run_prompt_attacks(models, args.attack, seeds, out, preset=args.preset, forget_prompt=args.forget_prompt,
+                                n_heldout=args.n_heldout, inversion=replace(P.INVERSION, **budget),
+                                softprompt=replace(P.SOFT_PROMPT, **budget), progress=not args.quiet,
+                                log=lambda s: print(s, file=sys.stderr))
+    P.prompt_attack_table(out, list(models), args.attack, seeds, name="table")
+    print((Path(out) / "table.md").read_text())
+    print(json.dumps({"out": str(out), **done}, indent=2))
+    return 0
+
+
+def _cmd_attack(args) -> int:
+    L = _lib()
+    if args.preset in TEXT_PRESET_NAMES: return _cmd_attack_text(L, args)
+    preset = L.train.get_preset(args.preset).with_data_root(args.data_root)
+    probe = L.attacks.Probe(args.n_per_class, sampler_steps=args.sampler_steps)
+    ctx = L.attacks.attack_context(preset, args.forget, probe=probe, device=args.device or "cpu")
+    attacks, models, seeds = _attack_list(L, args), _attack_models(args), list(range(args.seeds))
+    out = args.out or Path("results") / f"{args.preset}-attacks"
+    done = L.attacks.run_attacks(models, attacks, ctx, seeds, out, progress=not args.quiet,
+                                 log=lambda s: print(s, file=sys.stderr))
+    L.attacks.attack_tables(out, list(models), attacks, seeds)
+    print((Path(out) / "table.md").read_text())
+    print(json.dumps({"out": str(out), **done}, indent=2))
     return 0
 
 # %% ../nbs/15_cli.ipynb #14c9055c
@@ -383,6 +439,12 @@ def _add_unlearn(sub) -> None:
     u.add_argument("--rem-num", dest="rem_num", type=_COUNT, default=None, help="remaining images per round")
     u.add_argument("--batch-size", dest="batch_size", type=_COUNT, default=None)
     u.add_argument("--lr", type=_learning_rate, default=None, help="outer learning rate xi")
+    u.add_argument("--robust", action="store_true",
+                   help="EraseDiff that resists relearning: every " + str(ROBUST["robust_every"]) + " outer steps, simulate "
+                        "the attack (" + str(ROBUST["robust_steps"]) + " fine-tuning steps at lr " + str(ROBUST["robust_lr"]) + " on "
+                        "forget images) and also descend "
+                        "the forget loss at the attacked weights; refine with --set robust_every=R robust_steps=M "
+                        "robust_lr=... robust_images=N robust_weight=BETA")
     u.add_argument("--set", nargs="*", metavar="NAME=VALUE", help="any other field of the method's config")
     u.add_argument("--eval-per-class", type=_int_in(0, 10_000), default=None,
                    help="CFG samples per class for the accuracy figures (0: skip)")
@@ -429,15 +491,88 @@ def _add_reproduce(sub) -> None:
     r.set_defaults(func=_cmd_reproduce)
 
 
+_ATTACKS_HELP = """Attack unlearned models and measure how much of what they forgot comes back, against Retrain (a model
+trained without it) under the same attack. Class presets (digits, cifar10) forget classes; --attack:
+  relearn     fine-tune with the plain diffusion loss (Adam, label dropout as in training) on --n-images held-out
+              images of the forgotten classes (test images: none was used to unlearn) at each --lr; success: the
+              forgotten classes recognised again after each of --steps
+  remain      the same on --remain-images held-out images of the remaining classes only: does fine-tuning for
+              utility bring the classes back?
+  labels      no training: samples of the null label (the unconditional branch of guidance) and of the labels next
+              to each forgotten class; success: samples read as a forgotten class
+digits-text forgets a concept named in a prompt (--forget-prompt, default 'eight'); the weights stay frozen and the
+attacker searches the text encoder's input for a prompt, from held-out images of the concept; --attack:
+  inversion   concept inversion: learn a new word <x> in 'the digit <x>' by the model's own denoising loss;
+              success: the share of the new prompt's samples the classifier reads as the concept
+  softprompt  a soft-prompt attack (UnlearnDiffAtk): optimise the forget prompt's embeddings so that the classifier
+              reads the concept in the model's one-step predictions; success: as for inversion
+Recognition (class presets): the share of samples asked for a forgotten class that the classifier reads as it, at
+the worst of w = 0 and the preset's w; per relearning attack, the area under the curve and steps to 50 %, each as a
+ratio to Retrain's. digits-text: the mean success and its difference to Retrain in points. Intervals: 95 %
+bootstrap over seeds and samples. Writes OUT/table.md, OUT/table.json (and OUT/figures/ for class presets) and one
+record per (model, attack, seed) under OUT/runs/; a rerun reuses every finished record. A model that was never
+unlearned may be attacked (a note says so)."""
+
+_CLASS_ATTACKS = ("relearn", "remain", "labels")
+_PROMPT_ATTACKS = ("inversion", "softprompt")                 # erasediff.prompt_attacks.PROMPT_ATTACKS
+# the class attacks' flags and their defaults (None on the parser: a flag given with digits-text is refused)
+_CLASS_ATTACK_DEFAULTS = {"attack": list(_CLASS_ATTACKS), "n_images": [10], "lr": [3e-4], "steps": [0, 5, 10, 20, 50, 100],
+                          "remain_images": 50, "n_per_label": 200, "n_per_class": 100, "sampler_steps": 20}
+_PROMPT_ATTACK_FLAGS = ("forget_prompt", "attack_steps", "n_samples", "n_heldout")
+
+
+def _add_attack(sub) -> None:
+    "Add the `attack` subcommand."
+    a = sub.add_parser("attack", help="attack unlearned models (relearning, remain-only fine-tuning, null/neighbouring "
+                                      "labels; digits-text: concept inversion, soft prompts): success against Retrain",
+                       description=_ATTACKS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--preset", default="digits", choices=PRESET_NAMES, help="preset name (see `erasediff presets`)")
+    a.add_argument("--model", nargs="+", required=True, metavar="NAME=FOLDER",
+                   help="the models to attack: a UNet folder (e.g. an unlearn run's OUT/unet; digits-text: a pipeline "
+                        "folder, OUT/pipeline); '{seed}' in FOLDER: one model per seed, attacked at its seed; 'retrain' "
+                        "/ 'unscrubbed': the shipped references. Retrain is the reference: the shipped one when no "
+                        "--model retrain=FOLDER is given")
+    a.add_argument("--attack", nargs="+", default=None, choices=_CLASS_ATTACKS + _PROMPT_ATTACKS,
+                   help="the attacks (default: relearn remain labels; digits-text: inversion softprompt)")
+    a.add_argument("--seeds", type=_int_in(1, 1000), default=5, help="seeds 0..N-1 of every attack (default 5)")
+    a.add_argument("--out", type=_folder, default=None, help="results folder (default results/<preset>-attacks); rerun to resume")
+    c = a.add_argument_group("class presets (relearn, remain, labels)")
+    c.add_argument("--forget", nargs="+", default=None, help="the forgotten classes (default: the preset's)")
+    c.add_argument("--n-images", nargs="+", type=_COUNT, default=None,
+                   help="relearn: held-out forgotten-class images of the attacker, one attack per value (default 10)")
+    c.add_argument("--lr", nargs="+", type=_learning_rate, default=None, help="the attacker's learning rates (default 3e-4)")
+    c.add_argument("--steps", nargs="+", type=_int_in(0), default=None,
+                   help="attack steps at which recognition is measured, increasing (default 0 5 10 20 50 100)")
+    c.add_argument("--remain-images", type=_COUNT, default=None, help="remain: held-out remaining-class images (default 50)")
+    c.add_argument("--n-per-label", type=_COUNT, default=None, help="labels: samples per asked label (default 200)")
+    c.add_argument("--n-per-class", type=_COUNT, default=None, help="samples per forgotten class at each point (default 100)")
+    c.add_argument("--sampler-steps", type=_COUNT, default=None, help="DDIM steps of those samples (default 20)")
+    c.add_argument("--data-root", type=_folder, default=None, help=_DATA_ROOT_HELP)
+    t = a.add_argument_group("digits-text (inversion, softprompt)")
+    t.add_argument("--forget-prompt", default=None,
+                   help="the forgotten concept, named in a prompt; softprompt starts from it (default: the preset's, 'eight')")
+    t.add_argument("--attack-steps", type=_int_in(0), default=None,
+                   help="optimisation steps of each prompt attack (default: inversion 200, softprompt 100)")
+    t.add_argument("--n-samples", type=_COUNT, default=None,
+                   help="samples of the found prompt that measure success, per seed (default 64)")
+    t.add_argument("--n-heldout", type=_COUNT, default=None,
+                   help="held-out images of the concept the attacker learns from, drawn per seed (default: all)")
+    a.add_argument("--device", type=_device, default=None, help="cpu | cuda[:N] | mps (default cpu; digits-text: cpu only)")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+    a.set_defaults(func=_cmd_attack)
+
+
 def build_parser() -> argparse.ArgumentParser:
     "The `erasediff` argument parser with its subcommands (imports nothing heavy: `--help` answers at once)."
     ap = argparse.ArgumentParser(prog="erasediff", description="Unlearning in diffusion models (EraseDiff and baselines).")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,unlearn,evaluate,reproduce,presets}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,unlearn,evaluate,reproduce,attack,presets}")
     _add_train(sub)
     _add_unlearn(sub)
     _add_evaluate(sub)
     _add_reproduce(sub)
+    _add_attack(sub)
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=_cmd_presets)
     return ap
@@ -507,6 +642,8 @@ def _check_unlearn_sd(args) -> None:
 
 
 def _check_unlearn(args) -> None:
+    if args.robust and args.method != "erasediff":
+        raise UsageError(f"--robust: an option of --method erasediff, not of {args.method}")
     if args.preset in SD_PRESET_NAMES: return _check_unlearn_sd(args)
     given_sd = [f"--{k.replace('_', '-')}" for k in _SD_FLAGS if getattr(args, k, None) not in (None, False)]
     if given_sd:
@@ -564,7 +701,51 @@ def _check_reproduce(args) -> None:
     if bad: raise UsageError("--methods: BlindSpot has no text-to-image form (its teacher would be Retrain)")
 
 
-_CHECKS = {"train": _check_train, "unlearn": _check_unlearn, "evaluate": _check_evaluate, "reproduce": _check_reproduce}
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
+
+
+def _check_attack(args) -> None:
+    names = []
+    for item in args.model:
+        name, eq, folder = item.partition("=")
+        if not eq and name not in ("retrain", "unscrubbed"):
+            raise UsageError(f"--model {item}: expected NAME=FOLDER (or 'retrain' / 'unscrubbed', the shipped references)")
+        if not _MODEL_NAME.fullmatch(name):
+            raise UsageError(f"--model {item}: NAME must be letters, digits, '.', '_', '+' or '-', got {name!r}")
+        if eq and not folder.strip(): raise UsageError(f"--model {item}: the FOLDER is empty")
+        if re.search(r"\{(?!seed\})", folder): raise UsageError(f"--model {item}: the only placeholder is {{seed}}")
+        names.append(name)
+    _no_repeats(names, "--model")
+    text = args.preset in TEXT_PRESET_NAMES
+    wrong = [k for k in args.attack or () if k not in (_PROMPT_ATTACKS if text else _CLASS_ATTACKS)]
+    if wrong:
+        raise UsageError(f"--attack {wrong[0]}: " + (f"a class attack; --preset {args.preset} takes the prompt attacks "
+                                                     f"{', '.join(_PROMPT_ATTACKS)}" if text else
+                                                     f"a prompt attack of {', '.join(TEXT_PRESET_NAMES)}; --preset "
+                                                     f"{args.preset} takes {', '.join(_CLASS_ATTACKS)}"))
+    foreign = ([k for k in (*_CLASS_ATTACK_DEFAULTS, "forget", "data_root") if k != "attack" and getattr(args, k) is not None]
+               if text else [k for k in _PROMPT_ATTACK_FLAGS if getattr(args, k) is not None])
+    if foreign:
+        raise UsageError(f"--{foreign[0].replace('_', '-')}: " + (
+            f"an option of the class attacks, not of --preset {args.preset} (its prompt attacks take --forget-prompt, "
+            f"--attack-steps, --n-samples, --n-heldout)" if text else
+            f"an option of the prompt attacks of {', '.join(TEXT_PRESET_NAMES)}, not of --preset {args.preset}"))
+    if text and args.device not in (None, "cpu"):
+        raise UsageError(f"--device {args.device}: the prompt attacks of {args.preset} run on the CPU (its models are small)")
+    if text and args.forget_prompt is not None and not args.forget_prompt.strip():
+        raise UsageError("--forget-prompt: expected a prompt that names the concept, e.g. 'eight'; got an empty string")
+    if text: args.attack = args.attack or list(_PROMPT_ATTACKS)
+    else:
+        for k, v in _CLASS_ATTACK_DEFAULTS.items():
+            if getattr(args, k) is None: setattr(args, k, list(v) if isinstance(v, list) else v)
+    for flag, values in (("--n-images", args.n_images), ("--lr", args.lr), ("--attack", args.attack), ("--forget", args.forget)):
+        _no_repeats(values, flag)
+    if not text and list(args.steps) != sorted(set(args.steps)):
+        raise UsageError(f"--steps: expected increasing steps without repeats, got {' '.join(map(str, args.steps))}")
+
+
+_CHECKS = {"train": _check_train, "unlearn": _check_unlearn, "evaluate": _check_evaluate, "reproduce": _check_reproduce,
+           "attack": _check_attack}
 
 # the library's argument names -> the flags that set them (its messages start with the name)
 _FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_class": "--eval-per-class",
@@ -576,7 +757,9 @@ _FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_clas
           "forget_prompt": "--forget-prompt", "vae": "--vae", "forget_images": "--forget-images", "anchor": "--anchor-prompt",
           "forget_prompts": "--forget-prompt", "remain_prompts": "--remain-prompt", "anchor_prompt": "--anchor-prompt",
           "n_forget": "--n-forget", "n_remain": "--n-remain", "eval_prompts": "--eval-prompts", "coco_prompts": "--coco-prompts",
-          "reference_images": "--reference-images", "clip_model": "--clip-model", "limit": "--eval-limit"}
+          "reference_images": "--reference-images", "clip_model": "--clip-model", "limit": "--eval-limit",
+          "n_images": "--n-images", "model": "--model", "models": "--model", "n_per_label": "--n-per-label",
+          "attacks": "--attack", "n_samples": "--n-samples", "n_heldout": "--n-heldout"}
 
 
 def _flag_of(name: str, command: str) -> Optional[str]:

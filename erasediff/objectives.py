@@ -136,6 +136,14 @@ class EraseDiffConfig(ForgetLossConfig):
     q_estimate: str = "round"                # L_f(phi_K): one value per round ('round') or on each outer batch ('paired')
     diagnostics: bool = False                # fixed lam: also run the inner loop and log q, L_f_phiK, cos (the update never
                                              # reads them: it is SO's); the adaptive rules need them and always compute them
+    # resisting relearning (see `robust`): every `robust_every` outer steps (0: off) the step simulates the attack,
+    # `robust_steps` Adam steps at `robust_lr` of the plain diffusion loss on `robust_images` forget images from the
+    # current weights, and adds `robust_weight` times the gradient of L_f at the attacked weights to the outer update
+    robust_every: int = 0                    # r
+    robust_steps: int = 5                    # m
+    robust_lr: float = 3e-4
+    robust_images: int = 10
+    robust_weight: float = 1.0               # beta
 
     def __post_init__(self):
         super().__post_init__()
@@ -148,6 +156,18 @@ class EraseDiffConfig(ForgetLossConfig):
         if not self.eta > 0: raise ValueError(f"eta must be > 0, got {self.eta}")
         if self.q_estimate not in Q_ESTIMATES:
             raise ValueError(f"q_estimate must be one of {Q_ESTIMATES}, got {self.q_estimate!r}")
+        for k in ("robust_every", "robust_steps", "robust_images"):
+            v, low = getattr(self, k), 0 if k == "robust_every" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"{k} must be an int >= {low}, got {v!r}")
+        if not self.robust_lr > 0: raise ValueError(f"robust_lr must be > 0, got {self.robust_lr}")
+        if not (math.isfinite(self.robust_weight) and self.robust_weight >= 0):
+            raise ValueError(f"robust_weight (beta) must be >= 0, got {self.robust_weight}")
+
+    @property
+    def robust(self) -> bool:
+        "Whether outer steps simulate the relearning attack (robust_every > 0 and robust_weight > 0)."
+        return self.robust_every > 0 and self.robust_weight > 0
 
     @property
     def needs_q(self) -> bool:
@@ -457,6 +477,7 @@ class EraseDiffObjective(ForgetObjective):
         self.phi: Optional[dict[str, torch.Tensor]] = None  # phi_K itself (q_estimate='paired')
         self.inner_log: list[dict] = []     # one entry per round
         self.step_gen: Optional[torch.Generator] = None
+        self.robust_now = False             # whether this step simulates the relearning attack (see `attacked_forget_grad`)
 
     def inner_loop(self, model: nn.Module, batches: PairedBatches, generator: torch.Generator) -> dict:
         """K steps of gradient descent on L_f from a snapshot of theta; records L_f(phi_K); restores theta exactly."""
@@ -481,9 +502,37 @@ class EraseDiffObjective(ForgetObjective):
         self.lf_phi = lf_phi
         return {"L_f_inner": losses, "L_f_phiK": lf_phi}
 
+    def attacked_forget_grad(self, model: nn.Module, forget) -> tuple[list[torch.Tensor], float]:
+        """The relearning attack simulated from the current weights theta: `robust_steps` Adam steps (fresh state, as an
+        attacker starts) of the plain diffusion loss, label dropout included, each on `robust_images` forget images,
+        then the gradient of L_f at the attacked weights theta' on this step's forget batch (x (B,C,H,W), y (B,)).
+        First order, as first-order MAML: d theta' / d theta is taken as the identity, so the gradient at theta' is
+        applied to theta. theta is restored exactly. Returns (gradients, one per trainable parameter; L_f(theta'))."""
+        cfg, gen, pool = self.config, self.attack_gen, self.attack_pool
+        params = [p for _, p in _trainable(model)]
+        dev = params[0].device
+        snapshot = [p.detach().clone() for p in params]
+        opt = torch.optim.Adam(params, lr=cfg.robust_lr)
+        try:
+            for _ in range(cfg.robust_steps):
+                x, y = pool.batch(torch.randperm(len(pool), generator=gen)[:cfg.robust_images])
+                loss = eps_loss(model, x.to(dev), _labels(model, y, dev), self.schedule, p_uncond=cfg.p_uncond,
+                                antithetic=cfg.antithetic, generator=gen)
+                for p, g in zip(params, _grads(loss, params)): p.grad = g
+                opt.step()
+            L_f, _ = self.forget_loss(model, forget, gen)
+            grads, (l_f,) = _grads(L_f, params), mean_scalars(L_f.item())
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, snapshot): p.copy_(s); p.grad = None
+        return grads, l_f
+
     def on_step_start(self, model: nn.Module, step: int, batches: PairedBatches, generator: torch.Generator) -> None:
         super().on_step_start(model, step, batches, generator)
-        if not self.config.needs_q: return                          # fixed lam: phi_K would only feed the logged q
+        cfg = self.config
+        self.robust_now = cfg.robust and step % cfg.robust_every == 0
+        if self.robust_now: self.attack_gen, self.attack_pool = _substream(generator, 3, step), batches.forget.ds
+        if not cfg.needs_q: return                          # fixed lam: phi_K would only feed the logged q
         r = step // self.config.steps_per_round
         if r != self.round:
             log = self.inner_loop(model, batches, _substream(generator, 1, r))
@@ -491,6 +540,18 @@ class EraseDiffObjective(ForgetObjective):
             self.round = r
 
     def grads(self, model: nn.Module, batch, generator: torch.Generator) -> dict[str, float]:
+        """The outer step's gradient g_r + lambda grad q, plus beta grad L_f(theta') on the steps that simulate the
+        attack (`robust_every`)."""
+        attacked = self.attacked_forget_grad(model, batch[1]) if self.robust_now else None
+        logs = self.bilevel_grads(model, batch, generator)
+        if attacked is not None:
+            beta = self.config.robust_weight
+            for (_, p), g in zip(_trainable(model), attacked[0]): p.grad = p.grad + beta * g
+            logs.update(loss=logs["loss"] + beta * attacked[1], L_f_attacked=attacked[1])
+        return logs
+
+    def bilevel_grads(self, model: nn.Module, batch, generator: torch.Generator) -> dict[str, float]:
+        "EraseDiff's own step: p.grad = g_r + lambda grad q for every trainable parameter; returns the step's logs."
         cfg = self.config
         remain, forget = batch
         params = [p for _, p in _trainable(model)]

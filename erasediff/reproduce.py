@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .accuracy import forgetting_probe, guidance_scales, sample_accuracy
+from .attacks import spread_indices
 from .concepts import concept_report, parse_forget_images
 from .core import check_fields, NoiseSchedule, num_classes
 from .data import InfiniteBatches, make_splits
@@ -207,15 +208,8 @@ def reset_from(run_dir: Path, stage: str, stages: Sequence[str] = STAGES) -> Non
 def relearn_images(splits, n_images: int, seed: int) -> torch.Tensor:
     "Indices into `splits.forget` of `n_images` images spread evenly over the forgotten classes, drawn by `seed`."
     y = splits.forget.labels
-    classes = sorted(int(c) for c in y.unique())
     if n_images > len(y): raise ValueError(f"relearn n_images={n_images} but the forget set has {len(y)} images")
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    per = [n_images // len(classes) + (i < n_images % len(classes)) for i in range(len(classes))]
-    picks = []
-    for c, k in zip(classes, per):
-        idx = torch.nonzero(y == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
-    return torch.cat(picks).sort().values
+    return spread_indices(y, n_images, seed)
 
 
 def relearn_attack(checkpoint, preset: Preset, config: RelearnConfig, *, seed: int = 0, classifier=None, splits=None,

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from erasediff.core import NoiseSchedule, SamplerConfig, make_unet, q_sample, sample, sample_with_diffusers
+from erasediff.core import NoiseSchedule, SamplerConfig, make_unet, sample, sample_with_diffusers
 from erasediff.data import InfiniteBatches, load_digits_set
 from erasediff.train import DiffusionObjective, LoopConfig, fit, get_preset
 

@@ -11,10 +11,8 @@ interval in the JSON), atomically; refuses an existing OUT unless --overwrite.
 """
 import argparse
 import io
-import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch

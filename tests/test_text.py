@@ -3,7 +3,6 @@ training, forgetting by prompt with every method that has a text form, generated
 import json
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch

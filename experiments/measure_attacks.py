@@ -1,0 +1,134 @@
+"""Does EraseDiff's forgetting last, and does its robust option (`erasediff unlearn --robust`) make it last as long as
+Retrain's? For every seed, EraseDiff (the preset's calibrated settings) and EraseDiff --robust each unlearn the shipped
+Unscrubbed model, back to back (their wall-time ratio is measured under the same load); then, by part:
+
+  main     the relearning attack the option is judged on (10 held-out images, lr 3e-4, steps 0..100) on Retrain (the
+           shipped model), EraseDiff and EraseDiff --robust, every seed: OUT/table.md, OUT/figures/
+  utility  forgotten-class recognition at w = 0 and the preset's w, remaining-class accuracy at both, every seed
+  control  plain EraseDiff given as many outer steps as the robust run's wall time buys (the equal-compute control),
+           attacked like the others, over the first --unseen-seeds seeds: OUT/control.md
+  labels   the null label and the labels next to the forgotten ones, every seed: OUT/labels.md
+  unseen   attacks the option never simulated (lr 1e-3; 50 images; 50 remaining-class images only), over the first
+           --unseen-seeds seeds: OUT/unseen.md
+
+    python experiments/measure_attacks.py [--seeds 5] [--unseen-seeds 2] [--parts main utility control labels unseen]
+
+OUT (default results/digits-attacks) also gets summary.json (wall times, their ratio, the load average, the utility);
+the models and every attack record go to OUT/runs/ (not shipped: rerun to regenerate; finished models and records are
+reused, so a part can be run alone, or beside another part in a second process).
+"""
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from erasediff.accuracy import sample_accuracy
+from erasediff.attacks import (
+    attack_context, attack_tables, LabelAttack, Probe, RelearnAttack, run_attacks)
+from erasediff.methods import default_config
+from erasediff.names import ROBUST
+from erasediff.runtime import atomic_write_json, load_unet
+from erasediff.train import get_preset, reference_path
+from erasediff.unlearn import unlearn
+
+LABELS = {"retrain": "Retrain", "erasediff": "EraseDiff", "robust": "EraseDiff --robust",
+          "equal_compute": "EraseDiff, equal compute"}
+
+
+def _unlearn(out: Path, preset, seed: int, config: dict) -> float:
+    "Unlearn into out (reused when finished); the unlearning's wall seconds."
+    if not (out / "metrics.json").is_file():
+        unlearn(preset, preset.forget_classes, out, method="erasediff", seed=seed, config=config or None,
+                eval_per_class=0, progress=False)
+    return json.loads((out / "metrics.json").read_text())["unlearn_seconds"]
+
+
+def _utility(folder: Path, ctx, n_forget: int, n_remain: int, seed: int) -> dict:
+    "Forgotten-class accuracy at w = 0 and the preset's w, remaining-class accuracy at both (the worst)."
+    p = ctx.preset
+    acc, _, _ = sample_accuracy(load_unet(folder), ctx.classifier, ctx.schedule, p.sampler, ctx.forget_classes,
+                                ctx.n_classes, n_forget, seed=seed, scales=(0.0, p.sampler.w), n_remain=n_remain)
+    return {"forget_by_w": {w: r["acc_forget"] for w, r in acc["by_w"].items()},
+            "remain_by_w": {w: r["acc_remain"] for w, r in acc["by_w"].items()}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--unseen-seeds", type=int, default=2)
+    ap.add_argument("--parts", nargs="+", default=["main", "utility", "control", "labels", "unseen"],
+                    choices=["main", "utility", "control", "labels", "unseen"],
+                    help="what to (re)compute, in this order; finished models and records are reused either way")
+    ap.add_argument("--n-per-class", type=int, default=100, help="samples per forgotten class at each curve point")
+    ap.add_argument("--utility-forget", type=int, default=50, help="utility: samples per forgotten class")
+    ap.add_argument("--utility-remain", type=int, default=10, help="utility: samples per remaining class")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the wall-time ratios are measured at this)")
+    ap.add_argument("--out", type=Path, default=Path("results/digits-attacks"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    preset = get_preset("digits")
+    ctx = attack_context(preset, probe=Probe(n_per_class=args.n_per_class, sampler_steps=20))
+    seeds, useeds = list(range(args.seeds)), list(range(args.unseen_seeds))
+    runs = args.out / "runs" / "models"
+    summary_file = args.out / "summary.json"
+    summary = {}
+
+    def save() -> None:          # merged into what is there: runs of other --parts (even concurrent ones) keep theirs
+        there = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+        atomic_write_json(summary_file, {**there, **summary})
+    t0 = time.time()
+    wall, load = {"erasediff": {}, "robust": {}}, {}
+    for s in seeds:                                # each pair back to back: the ratio is measured under the same load
+        load[s] = os.getloadavg()[0]
+        wall["erasediff"][s] = _unlearn(runs / "erasediff" / f"seed{s}", preset, s, {})
+        wall["robust"][s] = _unlearn(runs / "robust" / f"seed{s}", preset, s, dict(ROBUST))
+    ratio = float(np.mean([wall["robust"][s] / wall["erasediff"][s] for s in seeds]))
+    summary.update(robust=ROBUST, wall_s=wall, wall_ratio_robust_to_default=ratio, load_avg_1min_before_each_pair=load,
+                   threads=args.threads, seeds=seeds, unseen_seeds=useeds)
+    save()
+    per_seed = lambda m, ss: {s: runs / m / f"seed{s}" / "unet" for s in ss}
+    models = {"retrain": "retrain", "erasediff": per_seed("erasediff", seeds), "robust": per_seed("robust", seeds)}
+    relearn = RelearnAttack(n_images=10, lr=3e-4)
+    if "main" in args.parts:
+        run_attacks(models, [relearn], ctx, seeds, args.out)
+        attack_tables(args.out, list(models), [relearn], seeds, labels=LABELS)
+        print((args.out / "table.md").read_text(), flush=True)
+    if "utility" in args.parts:
+        summary["utility"] = {m: {s: _utility(models[m][s], ctx, args.utility_forget, args.utility_remain, s) for s in seeds}
+                              for m in ("erasediff", "robust")}
+        summary["utility"]["retrain"] = {0: _utility(reference_path("digits", "retrain"), ctx, args.utility_forget,
+                                                     args.utility_remain, 0)}
+        summary["utility_samples"] = {"forget_per_class": args.utility_forget, "remain_per_class": args.utility_remain}
+        save()
+    if "control" in args.parts:                    # plain EraseDiff given the robust run's wall time, as outer steps
+        base = default_config(preset, "erasediff")
+        control = {"rem_num": base.batch_size * math.ceil(base.rem_num / base.batch_size * ratio)}
+        wall["equal_compute"] = {s: _unlearn(runs / "equal_compute" / f"seed{s}", preset, s, control) for s in useeds}
+        models_c = {"retrain": "retrain", **{m: {s: models[m][s] for s in useeds} for m in ("erasediff", "robust")},
+                    "equal_compute": per_seed("equal_compute", useeds)}
+        run_attacks(models_c, [relearn], ctx, useeds, args.out)
+        attack_tables(args.out, list(models_c), [relearn], useeds, labels=LABELS, name="control")
+        summary.update(control=control, wall_s=wall)
+        save()
+    if "labels" in args.parts:
+        labels_attack = [LabelAttack(n_per_label=200)]
+        run_attacks(models, labels_attack, ctx, seeds, args.out)
+        attack_tables(args.out, list(models), labels_attack, seeds, labels=LABELS, name="labels")
+    if "unseen" in args.parts:
+        unseen = [RelearnAttack(n_images=10, lr=1e-3), RelearnAttack(n_images=50, lr=3e-4),
+                  RelearnAttack(n_images=50, lr=3e-4, data="remain")]
+        models_u = {m: v if isinstance(v, str) else {s: v[s] for s in useeds} for m, v in models.items()}
+        run_attacks(models_u, unseen, ctx, useeds, args.out)
+        attack_tables(args.out, list(models_u), unseen, useeds, labels=LABELS, name="unseen")
+    summary[f"last_run_s:{'+'.join(args.parts)}"] = time.time() - t0
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
