@@ -438,7 +438,8 @@ def _fmt(bar: Optional[dict], spec: str = ".3f", pct: bool = False) -> str:
 def attack_tables(out: Path | str, models: Sequence[str], attacks: Sequence, seeds: Sequence[int], *,
                   reference: Optional[str] = "retrain", labels: Optional[dict[str, str]] = None, name: str = "table") -> dict:
     """Summaries of every (model, attack) from the records under `out`, written to `out/<name>.json` and
-    `out/<name>.md` (atomically), and a figure per relearning attack in `out/figures/`. Returns the summaries."""
+    `out/<name>.md` (atomically), and a figure per relearning attack in `out/figures/` (`<attack>.png`, or
+    `<name>-<attack>.png` for another table than the main one). Returns the summaries."""
     out, labels = Path(out), labels or {}
     ref = reference if reference in models else None
     summary, md = {}, []
@@ -466,7 +467,8 @@ def attack_tables(out: Path | str, models: Sequence[str], attacks: Sequence, see
                 st = ("≥ " if r["censored"] else "") + _fmt(r["steps_to_level"], ".1f")
                 md.append(f"| {labels.get(m, m)} | " + " / ".join(f"{100 * v:.0f}" for v in r["curve"]) + f" | {_fmt(r['auc'])} | {st} | "
                           f"{_fmt(r.get('auc_ratio'))} | {_fmt(r.get('steps_ratio'))} |")
-            save_figure(plot_recovery(rows, a, ref, labels), out / "figures" / f"{a.name}.png")
+            fig_name = a.name if name == "table" else f"{name}-{a.name}"
+            save_figure(plot_recovery(rows, a, ref, labels), out / "figures" / f"{fig_name}.png")
         summary[a.name] = rows
         md.append("")
     notes = ("Recognition: the share of samples asked for a forgotten class that the classifier reads as it, at the worst "
@@ -495,6 +497,7 @@ def plot_recovery(rows: dict, attack, reference: Optional[str] = "retrain", labe
     ax.set(xlabel="attack step", ylabel="forgotten classes recognised", ylim=(-0.02, 1.02),
            title=f"{attack.name}: {attack.n_images} {'forgotten' if attack.data == 'forget' else 'remaining'}-class images, lr {attack.lr:g}")
     ax.set_xscale("symlog", linthresh=5)
+    ax.set_xlim(attack.steps[0], attack.steps[-1] * 1.05)
     ax.set_xticks(list(attack.steps)); ax.set_xticklabels([str(s) for s in attack.steps])
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()

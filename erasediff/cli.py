@@ -1,5 +1,5 @@
 """A thin CLI over the library: `erasediff train`, `erasediff unlearn`, `erasediff evaluate`,
-`erasediff reproduce`, `erasediff presets`. Every argument is checked before any work starts, a mistake is one line
+`erasediff reproduce`, `erasediff attack`, `erasediff presets`. Every argument is checked before any work starts, a mistake is one line
 naming its flag (exit code 2), and `--help` answers at once: the library is imported only after parsing.
 
 Docs: https://erasediff.github.io/erasediff/cli.html.md"""

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 
 from erasediff.accuracy import sample_accuracy
 from erasediff.attacks import (
-    attack_context, attack_tables, LabelAttack, Probe, RelearnAttack, run_attacks)
+    CURVE_STEPS, attack_context, attack_tables, LabelAttack, Probe, RelearnAttack, run_attacks)
 from erasediff.methods import default_config
 from erasediff.names import ROBUST
 from erasediff.runtime import atomic_write_json, load_unet
@@ -40,8 +41,12 @@ LABELS = {"retrain": "Retrain", "erasediff": "EraseDiff", "robust": "EraseDiff -
           "equal_compute": "EraseDiff, equal compute"}
 
 
+BUDGET: dict = {}   # config fields given to every unlearning run (--budget; a smoke test's tiny budget)
+
+
 def _unlearn(out: Path, preset, seed: int, config: dict) -> float:
     "Unlearn into out (reused when finished); the unlearning's wall seconds."
+    config = {**BUDGET, **config}
     if not (out / "metrics.json").is_file():
         unlearn(preset, preset.forget_classes, out, method="erasediff", seed=seed, config=config or None,
                 eval_per_class=0, progress=False)
@@ -68,8 +73,14 @@ def main(argv=None) -> int:
     ap.add_argument("--utility-forget", type=int, default=50, help="utility: samples per forgotten class")
     ap.add_argument("--utility-remain", type=int, default=10, help="utility: samples per remaining class")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the wall-time ratios are measured at this)")
+    ap.add_argument("--n-per-label", type=int, default=200, help="label attack: samples per asked label")
+    ap.add_argument("--attack-steps", type=int, nargs="+", default=list(CURVE_STEPS), help="steps of each curve")
+    ap.add_argument("--budget", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="config fields of every unlearning run (e.g. a smoke test's rem_num=64 epochs=1 rounds=1)")
     ap.add_argument("--out", type=Path, default=Path("results/digits-attacks"))
     args = ap.parse_args(argv)
+    BUDGET.clear(); BUDGET.update({k: json.loads(v) for k, v in (b.split("=", 1) for b in args.budget)})
+    steps = tuple(args.attack_steps)
     torch.set_num_threads(args.threads)
     preset = get_preset("digits")
     ctx = attack_context(preset, probe=Probe(n_per_class=args.n_per_class, sampler_steps=20))
@@ -84,16 +95,16 @@ def main(argv=None) -> int:
     t0 = time.time()
     wall, load = {"erasediff": {}, "robust": {}}, {}
     for s in seeds:                                # each pair back to back: the ratio is measured under the same load
-        load[s] = os.getloadavg()[0]
+        if not all((runs / m / f"seed{s}" / "metrics.json").is_file() for m in wall): load[s] = os.getloadavg()[0]
         wall["erasediff"][s] = _unlearn(runs / "erasediff" / f"seed{s}", preset, s, {})
         wall["robust"][s] = _unlearn(runs / "robust" / f"seed{s}", preset, s, dict(ROBUST))
     ratio = float(np.mean([wall["robust"][s] / wall["erasediff"][s] for s in seeds]))
-    summary.update(robust=ROBUST, wall_s=wall, wall_ratio_robust_to_default=ratio, load_avg_1min_before_each_pair=load,
-                   threads=args.threads, seeds=seeds, unseen_seeds=useeds)
+    summary.update(robust=ROBUST, wall_s=wall, wall_ratio_robust_to_default=ratio, seeds=seeds, unseen_seeds=useeds)
+    if load: summary.update(load_avg_1min_before_each_pair=load, threads=args.threads)   # only when they were trained
     save()
     per_seed = lambda m, ss: {s: runs / m / f"seed{s}" / "unet" for s in ss}
     models = {"retrain": "retrain", "erasediff": per_seed("erasediff", seeds), "robust": per_seed("robust", seeds)}
-    relearn = RelearnAttack(n_images=10, lr=3e-4)
+    relearn = RelearnAttack(n_images=10, lr=3e-4, steps=steps)
     if "main" in args.parts:
         run_attacks(models, [relearn], ctx, seeds, args.out)
         attack_tables(args.out, list(models), [relearn], seeds, labels=LABELS)
@@ -106,7 +117,7 @@ def main(argv=None) -> int:
         summary["utility_samples"] = {"forget_per_class": args.utility_forget, "remain_per_class": args.utility_remain}
         save()
     if "control" in args.parts:                    # plain EraseDiff given the robust run's wall time, as outer steps
-        base = default_config(preset, "erasediff")
+        base = replace(default_config(preset, "erasediff"), **BUDGET)
         control = {"rem_num": base.batch_size * math.ceil(base.rem_num / base.batch_size * ratio)}
         wall["equal_compute"] = {s: _unlearn(runs / "equal_compute" / f"seed{s}", preset, s, control) for s in useeds}
         models_c = {"retrain": "retrain", **{m: {s: models[m][s] for s in useeds} for m in ("erasediff", "robust")},
@@ -116,12 +127,12 @@ def main(argv=None) -> int:
         summary.update(control=control, wall_s=wall)
         save()
     if "labels" in args.parts:
-        labels_attack = [LabelAttack(n_per_label=200)]
+        labels_attack = [LabelAttack(n_per_label=args.n_per_label)]
         run_attacks(models, labels_attack, ctx, seeds, args.out)
         attack_tables(args.out, list(models), labels_attack, seeds, labels=LABELS, name="labels")
     if "unseen" in args.parts:
-        unseen = [RelearnAttack(n_images=10, lr=1e-3), RelearnAttack(n_images=50, lr=3e-4),
-                  RelearnAttack(n_images=50, lr=3e-4, data="remain")]
+        unseen = [RelearnAttack(n_images=10, lr=1e-3, steps=steps), RelearnAttack(n_images=50, lr=3e-4, steps=steps),
+                  RelearnAttack(n_images=50, lr=3e-4, steps=steps, data="remain")]
         models_u = {m: v if isinstance(v, str) else {s: v[s] for s in useeds} for m, v in models.items()}
         run_attacks(models_u, unseen, ctx, useeds, args.out)
         attack_tables(args.out, list(models_u), unseen, useeds, labels=LABELS, name="unseen")

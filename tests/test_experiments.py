@@ -84,3 +84,18 @@ def test_measure_null_label_writes_its_summary(tmp_path, capsys):
     assert "| SO |" in (out / "summary.md").read_text() and "minus Retrain" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         load("measure_null_label").main(["--seeds", "1", "--methods", "so", "--out", str(out)])
+
+
+def test_measure_attacks_runs_every_part_and_resumes(tmp_path, capsys):
+    "A one-step budget, one seed, a tiny probe: every table is written and a rerun reuses every model and record."
+    out = tmp_path / "att"
+    argv = ["--seeds", "1", "--unseen-seeds", "1", "--n-per-class", "2", "--utility-forget", "2", "--utility-remain", "1",
+            "--n-per-label", "2", "--attack-steps", "0", "1", "--budget", "rem_num=32", "epochs=1", "rounds=1", "batch_size=32", "--out", str(out)]
+    load("measure_attacks").main(argv)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["wall_ratio_robust_to_default"] > 0 and set(s["utility"]) == {"erasediff", "robust", "retrain"}
+    for name in ("table", "control", "labels", "unseen"): assert "Retrain" in (out / f"{name}.md").read_text(), name
+    assert "EraseDiff --robust" in (out / "table.md").read_text()
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json") if "seed0.json" == p.name}
+    load("measure_attacks").main(argv)
+    assert stamp and all(p.stat().st_mtime_ns == t for p, t in stamp.items())       # nothing recomputed
