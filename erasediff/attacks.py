@@ -276,17 +276,18 @@ def _counts_array(records: Sequence[dict]) -> tuple[list[int], np.ndarray, np.nd
     return steps, a[..., 0], a[..., 1]
 
 
-def bootstrap_curves(records: Sequence[dict], n_boot: int = N_BOOT_CURVES, seed: int = 0, tag: str = "") -> dict:
+def bootstrap_curves(records: Sequence[dict], n_boot: int = N_BOOT_CURVES, seed: int = 0, tag: str = "",
+                     picks: Optional[np.ndarray] = None) -> dict:
     """Mean recovery curve of seed `records` (each `RelearnAttack.run`'s result) and `n_boot` replicates of it
-    (seeds resampled, then each point's counts redrawn binomially); recognition at the worst scale of each point.
-    Returns {'steps' (P,), 'curve' (P,), 'boot' (n_boot, P)}."""
+    (seeds resampled, or taken from `picks` (n_boot, S) indices into `records`, then each point's counts redrawn
+    binomially); recognition at the worst scale of each point. Returns {'steps' (P,), 'curve' (P,), 'boot' (n_boot, P)}."""
     steps, hits, n = _counts_array(records)
     worst = lambda h: (h / n).mean(-1).mean(0).max(-1)      # (S,P,W,C) -> mean over classes, then seeds -> worst scale
     rng = _rng(seed, f"curves:{tag}")
     S = len(records)
-    boot = np.empty((n_boot, len(steps)))
-    for b in range(n_boot):
-        pick = rng.integers(0, S, S)
+    if picks is None: picks = rng.integers(0, S, (n_boot, S))
+    boot = np.empty((len(picks), len(steps)))
+    for b, pick in enumerate(picks):
         nb = n[pick]
         boot[b] = worst(rng.binomial(nb.astype(np.int64), hits[pick] / nb).astype(np.float64))
     return {"steps": steps, "curve": worst(hits), "boot": boot}
@@ -306,15 +307,20 @@ def _interval(value: float, boot: np.ndarray) -> dict:
 def recovery_summary(records: Sequence[dict], reference: Optional[Sequence[dict]] = None, *, level: float = LEVEL,
                      n_boot: int = N_BOOT_CURVES, seed: int = 0, tag: str = "") -> dict:
     """AUC and steps-to-`level` of the mean curve of `records`, with bootstrap intervals; with `reference` (Retrain's
-    records under the same attack) also their ratios, oriented so that < 1 is better than the reference."""
-    m = bootstrap_curves(records, n_boot, seed, f"{tag}:m")
+    records under the same attack) also their ratios, oriented so that < 1 is better than the reference. When both
+    hold the same seeds (each seed attacks both models with the same images and noise) the seeds are resampled in
+    pairs ('paired': True), so that the ratio's interval does not count the seeds' shared difficulty twice."""
+    paired = reference is not None and [r["seed"] for r in records] == [r["seed"] for r in reference]
+    picks = _rng(seed, f"seeds:{tag}").integers(0, len(records), (n_boot, len(records))) if paired else None
+    m = bootstrap_curves(records, n_boot, seed, f"{tag}:m", picks)
     auc, st = curve_auc(m["steps"], m["curve"]), steps_to_level(m["steps"], m["curve"], level)
     out = {"steps": m["steps"], "curve": m["curve"].tolist(), "curve_ci95": np.percentile(m["boot"], [2.5, 97.5], 0).T.tolist(),
            "seeds": len(records), "auc": _interval(auc, curve_auc(m["steps"], m["boot"])),
            "steps_to_level": _interval(st, steps_to_level(m["steps"], m["boot"], level)),
            "censored": bool(st >= m["steps"][-1] and m["curve"][-1] < level), "level": level}
     if reference is not None:
-        r = bootstrap_curves(reference, n_boot, seed, f"{tag}:r")
+        r = bootstrap_curves(reference, n_boot, seed, f"{tag}:r", picks)
+        out["paired"] = paired
         if r["steps"] != m["steps"]: raise ValueError(f"reference measured at other steps: {r['steps']} vs {m['steps']}")
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = lambda a, b: np.where(b > 0, a / np.where(b > 0, b, 1), np.where(a > 0, np.inf, 1.0))
@@ -474,7 +480,8 @@ def attack_tables(out: Path | str, models: Sequence[str], attacks: Sequence, see
     notes = ("Recognition: the share of samples asked for a forgotten class that the classifier reads as it, at the worst "
              "of the probe's guidance scales. AUC: mean recognition over the attack (lower is better); steps to 50 %: the "
              "first step reaching it (higher is better; ≥: never reached). Ratios to Retrain, oriented so that < 1 is "
-             "better than Retrain: AUC / AUC(Retrain) and steps(Retrain) / steps. Intervals: bootstrap over seeds and samples.")
+             "better than Retrain: AUC / AUC(Retrain) and steps(Retrain) / steps. Intervals: bootstrap over seeds and samples; a ratio's seeds drawn "
+             "in pairs (each seed attacks every model with the same images and noise).")
     atomic_write_json(out / f"{name}.json", _canonical({"seeds": list(seeds), "reference": ref, "summary": summary}))
     atomic_write_bytes(out / f"{name}.md", ("\n".join(md) + "\n" + notes + "\n").encode())
     return summary

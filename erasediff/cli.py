@@ -205,7 +205,8 @@ def _cmd_reproduce(args) -> int:
     L = _lib()
     R = L.reproduce
     if args.preset in TEXT_PRESET_NAMES: return _cmd_reproduce_text(L, args)
-    rl = {k: v for k, v in (("n_images", args.relearn_images), ("steps", args.relearn_steps)) if v is not None}
+    rl = {k: v for k, v in (("n_images", args.relearn_images), ("steps", args.relearn_steps),
+                            ("n_per_class", args.relearn_per_class), ("n_per_label", args.relearn_per_label)) if v is not None}
     cfg = R.ReproduceConfig(preset=args.preset, seeds=args.seeds, n_per_class=args.n_per_class, sweep=not args.no_sweep,
                             relearn=replace(R.RelearnConfig(), **rl), device=args.device, jobs=args.jobs,
                             data_root=str(args.data_root) if args.data_root else None,
@@ -477,8 +478,15 @@ def _add_reproduce(sub) -> None:
                    help="unlearning methods of the table (default: all; the references always run)")
     r.add_argument("--out", type=_folder, default=None, help="results folder (default: results/<preset>); rerun to resume")
     r.add_argument("--n-per-class", type=_int_in(2, 10_000), default=None, help="evaluation samples per class (default: the protocol's)")
-    r.add_argument("--relearn-images", type=_COUNT, default=None, help="forgotten images of the relearning attack (default 10)")
-    r.add_argument("--relearn-steps", type=_COUNT, default=None, help="finetuning steps of the relearning attack (default 20)")
+    r.add_argument("--relearn-images", type=_COUNT, default=None,
+                   help="held-out forgotten images of the relearning attack (default 10)")
+    r.add_argument("--relearn-steps", nargs="+", type=_int_in(0), default=None, metavar="STEP",
+                   help="relearning attack: the steps after which recognition is measured, the last one its length "
+                        "(default 0 5 10 20 50 100)")
+    r.add_argument("--relearn-per-class", type=_COUNT, default=None,
+                   help="relearning attack: samples per forgotten class at each step and guidance scale (default 100)")
+    r.add_argument("--relearn-per-label", type=_int_in(0), default=None,
+                   help="label attack: samples of the null label and of each neighbouring label (default 200; 0: skip it)")
     r.add_argument("--no-sweep", action="store_true", help="skip EraseDiff's lambda/steps sweep (trade-off figure)")
     r.add_argument("--no-figures", action="store_true", help="write the table only")
     r.add_argument("--device", type=_device, default=None, help="cpu | cuda[:N] | mps (default: the preset's)")
@@ -692,6 +700,7 @@ def _check_evaluate(args) -> None:
 def _check_reproduce(args) -> None:
     if args.preset not in TEXT_PRESET_NAMES: return
     for flag, given in (("--relearn-images", args.relearn_images), ("--relearn-steps", args.relearn_steps),
+                        ("--relearn-per-class", args.relearn_per_class), ("--relearn-per-label", args.relearn_per_label),
                         ("--no-sweep", args.no_sweep or None), ("--jobs", args.jobs), ("--data-root", args.data_root),
                         ("--device", args.device)):
         if given is not None:
@@ -753,7 +762,8 @@ _FLAGS = {"out": "--out", "seed": "--seed", "device": "--device", "eval_per_clas
           "forget classes": "--forget", "forget ids": "--forget-ids", "forget": "--forget", "forget_classes": "--forget",
           "resume": "--resume", "what": "--what", "method": "--method", "methods": "--methods", "preset": "--preset",
           "steps": "--steps", "seeds": "--seeds", "jobs": "--jobs", "relearn n_images": "--relearn-images",
-          "relearn steps": "--relearn-steps", "checkpoint": "--checkpoint", "forget attribute": "--forget-attribute",
+          "relearn steps": "--relearn-steps", "relearn n_per_class": "--relearn-per-class",
+          "relearn n_per_label": "--relearn-per-label", "checkpoint": "--checkpoint", "forget attribute": "--forget-attribute",
           "forget_prompt": "--forget-prompt", "vae": "--vae", "forget_images": "--forget-images", "anchor": "--anchor-prompt",
           "forget_prompts": "--forget-prompt", "remain_prompts": "--remain-prompt", "anchor_prompt": "--anchor-prompt",
           "n_forget": "--n-forget", "n_remain": "--n-remain", "eval_prompts": "--eval-prompts", "coco_prompts": "--coco-prompts",

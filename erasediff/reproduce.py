@@ -1,5 +1,5 @@
 """Every method of the registry, over several seeds, evaluated with one protocol, written as the paper's table
-(mean ± std over seeds) with a relearning column: `erasediff reproduce --preset digits --seeds 3`. The plan is
+(mean ± std over seeds) with attack columns: `erasediff reproduce --preset digits --seeds 3`. The plan is
 deterministic, every artefact is written atomically, and a rerun reuses what is finished: an interrupted run
 loses nothing.
 
@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .accuracy import forgetting_probe, guidance_scales, sample_accuracy
-from .attacks import spread_indices
+from .accuracy import forgetting_probe, guidance_scales
+from .attacks import (
+    AttackContext, CURVE_STEPS, curve_auc, LabelAttack, Probe, RelearnAttack, steps_to_level)
 from .concepts import concept_report, parse_forget_images
 from .core import check_fields, NoiseSchedule, num_classes
-from .data import InfiniteBatches, make_splits
+from .data import make_splits
 from .evaluate import evaluate_checkpoint, summarize_seeds
 from .measures import _get
 from .methods import default_config, get_method, METHODS
@@ -41,15 +42,15 @@ from .runtime import (
     lock_folder, sha256_path)
 from .text import get_text_preset, load_prompt_unet, load_text_reference, resolve_prompt
 from .train import (
-    DiffusionObjective, fit, get_preset, load_reference, LoopConfig, Preset, read_manifest, reference_path)
+    get_preset, load_reference, Preset, read_manifest, reference_path)
 from .unlearn import unlearn
 
 # %% auto #0
 __all__ = ['REFERENCES', 'TABLE_METHODS', 'STAGES', 'DEPENDS', 'EVAL_PER_CLASS', 'EVAL_REMAIN_OTHER_W', 'SWEEP_LAMS', 'NAMES',
            'TEXT_ROWS', 'TEXT_N_PER_PROMPT', 'RelearnConfig', 'ReproduceConfig', 'Run', 'plan', 'mark_done',
-           'stage_done', 'reset_from', 'relearn_images', 'relearn_attack', 'stage_settings', 'run_one', 'sweep_point',
-           'sweep_lams', 'tradeoff_sweep', 'collect', 'table_rows', 'table_markdown', 'table_csv', 'reproduce',
-           'text_row_name', 'summarise_reports', 'text_table_markdown', 'reproduce_text']
+           'stage_done', 'reset_from', 'relearn_attack', 'stage_settings', 'run_one', 'sweep_point', 'sweep_lams',
+           'tradeoff_sweep', 'collect', 'table_rows', 'table_markdown', 'table_csv', 'reproduce', 'text_row_name',
+           'summarise_reports', 'text_table_markdown', 'reproduce_text']
 
 # %% ../nbs/13_reproduce.ipynb #8920fb89
 REFERENCES = ("unscrubbed", "retrain")
@@ -61,20 +62,39 @@ DEPENDS = {"unlearn": (), "eval": ("unlearn",), "relearn": ("unlearn",)}   # wha
 
 @dataclass(frozen=True)
 class RelearnConfig:
-    """The relearning attack: finetune on `n_images` forgotten training images (spread over the forgotten classes,
-    drawn by the run's seed) for `steps` steps of the plain conditional DDPM loss at learning rate `lr`, then sample
-    `n_per_class` images per forgotten class at w = 0 and the preset's w; the same for every method."""
+    """The table's attacks (`erasediff.attacks`), the same for every method. Relearning: finetune on `n_images`
+    held-out images of the forgotten classes (never seen by any method; drawn by the run's seed) with the plain
+    conditional DDPM loss at learning rate `lr`, measuring the recognition of the forgotten classes (`n_per_class`
+    samples per class at w = 0 and the preset's w, DDIM of `sampler_steps` steps, the worst) after each of `steps`: its
+    area under the curve and the steps to 50 %. Labels: `n_per_label` samples of the null label and of each label next
+    to a forgotten class at w = 0, the share read as a forgotten class (0: not run)."""
     n_images: int = 10
-    steps: int = 20
+    steps: tuple[int, ...] = CURVE_STEPS
     lr: float = 3e-4
-    n_per_class: int = 12
+    n_per_class: int = 100
+    n_per_label: int = 200
+    sampler_steps: int = 20
 
     def __post_init__(self):
+        if not isinstance(self.steps, (tuple, list)):
+            raise ValueError(f"relearn steps must be a sequence of attack steps (ints >= 0), got {self.steps!r}")
+        object.__setattr__(self, "steps", tuple(self.steps))    # (a list from JSON or the command line)
         check_fields(self)
-        for k in ("n_images", "steps", "n_per_class"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
-                raise ValueError(f"relearn {k} must be an int >= 1, got {getattr(self, k)!r}")
-        if not self.lr > 0: raise ValueError(f"relearn lr must be > 0, got {self.lr!r}")
+        for k, low in (("n_images", 1), ("n_per_class", 1), ("n_per_label", 0), ("sampler_steps", 1)):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"relearn {k} must be an int >= {low}, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0): raise ValueError(f"relearn lr must be > 0, got {self.lr!r}")
+        self.attacks()                                   # steps checked here (ints >= 0, increasing)
+
+    def attacks(self) -> list:
+        "The attack objects of `erasediff.attacks` this config runs."
+        try: relearn = RelearnAttack(self.n_images, self.lr, self.steps)
+        except ValueError as e: raise ValueError(f"relearn {e}") from None
+        return [relearn] + ([LabelAttack(self.n_per_label)] if self.n_per_label else [])
+
+    def probe(self) -> Probe:
+        return Probe(n_per_class=self.n_per_class, sampler_steps=self.sampler_steps)
 
 
 # evaluation samples per class in the table's protocol; cifar10 follows the peers (5,000 per class, w = 1 i.e. scale 2)
@@ -205,37 +225,28 @@ def reset_from(run_dir: Path, stage: str, stages: Sequence[str] = STAGES) -> Non
             shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
 
 # %% ../nbs/13_reproduce.ipynb #4fea7aea
-def relearn_images(splits, n_images: int, seed: int) -> torch.Tensor:
-    "Indices into `splits.forget` of `n_images` images spread evenly over the forgotten classes, drawn by `seed`."
-    y = splits.forget.labels
-    if n_images > len(y): raise ValueError(f"relearn n_images={n_images} but the forget set has {len(y)} images")
-    return spread_indices(y, n_images, seed)
-
-
 def relearn_attack(checkpoint, preset: Preset, config: RelearnConfig, *, seed: int = 0, classifier=None, splits=None,
                    device: str | torch.device = "cpu", progress: bool = False) -> dict:
-    "Finetune the UNet folder `checkpoint` on a few forgotten images; forget-class accuracy after (see RelearnConfig)."
-    model = load_unet(checkpoint).to(device)
+    """The attacks of `config` on the UNet folder `checkpoint` (see RelearnConfig): {'relearn': the relearning record
+    (recognition after each step), 'labels': the label record or None, and per seed 'auc', 'steps_to_level',
+    'recognition_last', 'null_leakage', 'neighbour_leakage' (None without the label attack)}."""
+    model = load_unet(checkpoint)
     if num_classes(model) is None: raise ValueError("relearn_attack: the model is unconditional (no class to measure)")
     if splits is None:
         train, test = preset.load_data()
         splits = make_splits(train, test, preset.forget_spec())
     classifier = (classifier or load_reference(preset.name, "classifier")).to(device).eval()
-    idx = relearn_images(splits, config.n_images, seed)
-    subset = splits.forget.subset(idx, "relearn")
-    schedule = NoiseSchedule(preset.schedule)
-    loop = LoopConfig(steps=config.steps, batch_size=min(config.n_images, 64), lr=config.lr, warmup_steps=0,
-                      ema_decay=None, ckpt_every=0, seed=seed)
-    torch.manual_seed(seed)
-    res = fit(model, DiffusionObjective(schedule, preset.p_uncond), InfiniteBatches(subset, loop.batch_size, seed=seed),
-              loop, progress=progress, desc="relearn")
-    model = res.model.eval()
-    fc = splits.forget_classes
-    acc, _, _ = sample_accuracy(model, classifier, schedule, preset.sampler, fc, len(splits.forget.classes),
-                                config.n_per_class, seed=seed, scales=(0.0, preset.sampler.w), n_remain=1)
-    return {"forget_after": acc["acc_forget"], "by_w": {w: r["acc_forget"] for w, r in acc["by_w"].items()},
-            "ids": [int(i) for i in subset.ids], "config": asdict(config), "seed": seed,
-            "final_loss": res.history[-1]["loss"] if res.history else None, "wall_s": res.cost["wall_s"]}
+    ctx = AttackContext(preset, splits, classifier, config.probe(), str(device))
+    records = {a.name if isinstance(a, LabelAttack) else "relearn": a.run(model, ctx, seed, progress=progress)
+               for a in config.attacks()}
+    rl, lab = records["relearn"], records.get("labels")
+    steps, rec = [p["step"] for p in rl["points"]], [p["recognition"] for p in rl["points"]]
+    share = lambda counts: sum(h for h, _ in counts) / sum(n for _, n in counts)
+    return {"relearn": rl, "labels": lab, "auc": float(curve_auc(steps, rec)),
+            "steps_to_level": float(steps_to_level(steps, rec)), "recognition_last": rec[-1],
+            "null_leakage": share([lab["null"]]) if lab else None,
+            "neighbour_leakage": share(list(lab["labels"].values())) if lab and lab["labels"] else None,
+            "config": asdict(config), "seed": seed}
 
 # %% ../nbs/13_reproduce.ipynb #de22fdb5
 def _checkpoint(run: Run, run_dir: Path, preset: Preset) -> Path:
@@ -364,7 +375,9 @@ def _columns(preset: Preset) -> list[tuple[str, tuple[str, ...]]]:
              (f"p(forgotten) (w={w})", ("eval", "forget_confidence", w, "p_forget")),
              ("MIA AUC", ("eval", "mia", "avg_loss", "auc")), ("MIA chance", ("eval", "mia", "chance", "avg_loss", "auc", "mean")),
              ("weight dist. to Retrain", ("eval", "weight_distance", "relative")),
-             ("relearned forget acc", ("relearn", "forget_after")),
+             ("relearn AUC", ("relearn", "auc")), ("relearn steps to 50 %", ("relearn", "steps_to_level")),
+             ("null-label leakage", ("relearn", "null_leakage")),
+             ("neighbour-label leakage", ("relearn", "neighbour_leakage")),
              ("time (s)", ("cost", "seconds")), ("peak memory (MB)", ("cost", "peak_mb"))]
     return cols
 
@@ -414,7 +427,7 @@ def table_markdown(rows: list[dict], preset: Preset, budget: str = "") -> str:
         name = NAMES.get(r["method"], r["method"]) + (" (reference)" if r["method"] in REFERENCES else "")
         lines.append(f"| {name} | {r['n_seeds']} | " + " | ".join(_cell(r[h]) for h in heads) + " |")
     lines += ["", "Mean ± std over seeds (sample std). References: one trained model each, evaluated once (seed 0, so "
-              "no ±); their relearning column is over every seed's attack. Time and memory: the unlearning run alone." +
+              "no ±); their attack columns are over every seed's attack. Time and memory: the unlearning run alone." +
               (f" {budget}" if budget else "")]
     return "\n".join(lines) + "\n"
 
@@ -571,8 +584,12 @@ def reproduce(config: ReproduceConfig | None = None, out: Path | str | None = No
         n_other = config.eval_remain_other_w() or max(2, config.eval_per_class() // 5)
         budget = (f"Evaluation: {config.eval_per_class()} samples per class at w = {sm.w:g} ({sm.sampler.upper()} "
                   f"{sm.steps} steps), the forgotten classes also at w = 0 and 1, the remaining ones there with {n_other} "
-                  f"per class; relearning attack: {rl.n_images} "
-                  f"forgotten images, {rl.steps} steps at lr {rl.lr:g}, {rl.n_per_class} samples per forgotten class.")
+                  f"per class. Relearning attack: {rl.n_images} held-out forgotten images at lr {rl.lr:g}, recognition "
+                  f"(worst of w = 0 and {sm.w:g}, {rl.n_per_class} samples per forgotten class, DDIM {rl.sampler_steps} "
+                  f"steps) after steps {', '.join(map(str, rl.steps))}: AUC = mean recognition over the attack (lower "
+                  f"is better), steps to 50 % (higher is better; {rl.steps[-1]}: never reached)" +
+                  (f"; label attack: {rl.n_per_label} samples of the null label and of each neighbouring label at w = 0, "
+                   "the share read as a forgotten class." if rl.n_per_label else "."))
         atomic_write_bytes(out / "table.md", table_markdown(rows, preset, budget).encode())
         atomic_write_bytes(out / "table.csv", table_csv(rows, preset).encode())
         atomic_write_json(out / "table.json", {"config": asdict(config), "rows": rows})

@@ -12,6 +12,10 @@ Unscrubbed model, back to back (their wall-time ratio is measured under the same
            --unseen-seeds seeds: OUT/unseen.md
 
     python experiments/measure_attacks.py [--seeds 5] [--unseen-seeds 2] [--parts main utility control labels unseen]
+    python experiments/measure_attacks.py --forget 1 7 --retrain FOLDER --out results/digits-attacks-1-7 --parts main utility
+
+Another forget pair needs its own Retrain (erasediff train --preset digits --what retrain --forget 1 7 --out FOLDER);
+--robust NAME=VALUE changes the robust option's settings (an ablation: give it its own --out).
 
 OUT (default results/digits-attacks) also gets summary.json (wall times, their ratio, the load average, the utility);
 the models and every attack record go to OUT/runs/ (not shipped: rerun to regenerate; finished models and records are
@@ -44,11 +48,17 @@ LABELS = {"retrain": "Retrain", "erasediff": "EraseDiff", "robust": "EraseDiff -
 BUDGET: dict = {}   # config fields given to every unlearning run (--budget; a smoke test's tiny budget)
 
 
-def _unlearn(out: Path, preset, seed: int, config: dict) -> float:
+def _unlearn(out: Path, preset, forget, seed: int, config: dict) -> float:
     "Unlearn into out (reused when finished); the unlearning's wall seconds."
     config = {**BUDGET, **config}
-    if not (out / "metrics.json").is_file():
-        unlearn(preset, preset.forget_classes, out, method="erasediff", seed=seed, config=config or None,
+    if (out / "metrics.json").is_file():                        # reused only if made with these settings and classes
+        made = json.loads((out / "metrics.json").read_text())
+        differ = {k: (made["config"].get(k), v) for k, v in config.items() if made["config"].get(k) != v}
+        if differ or sorted(made["forget"]["classes"]) != sorted(forget):
+            raise SystemExit(f"{out} was unlearned with other settings ({differ or made['forget']}); "
+                             "give another --out (or remove the folder)")
+    else:
+        unlearn(preset, forget, out, method="erasediff", seed=seed, config=config or None,
                 eval_per_class=0, progress=False)
     return json.loads((out / "metrics.json").read_text())["unlearn_seconds"]
 
@@ -66,6 +76,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--unseen-seeds", type=int, default=2)
+    ap.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="S",
+                    help="compute these of the --seeds only (a second process can take the others); tables need all")
     ap.add_argument("--parts", nargs="+", default=["main", "utility", "control", "labels", "unseen"],
                     choices=["main", "utility", "control", "labels", "unseen"],
                     help="what to (re)compute, in this order; finished models and records are reused either way")
@@ -77,14 +89,29 @@ def main(argv=None) -> int:
     ap.add_argument("--attack-steps", type=int, nargs="+", default=list(CURVE_STEPS), help="steps of each curve")
     ap.add_argument("--budget", nargs="*", default=[], metavar="NAME=VALUE",
                     help="config fields of every unlearning run (e.g. a smoke test's rem_num=64 epochs=1 rounds=1)")
+    ap.add_argument("--forget", type=int, nargs="+", default=None, help="forgotten classes (default: the preset's)")
+    ap.add_argument("--retrain", type=Path, default=None,
+                    help="Retrain's folder (default: the shipped one, which forgot the preset's classes)")
+    ap.add_argument("--robust", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="robust option's settings over erasediff.names.ROBUST (e.g. robust_steps=10)")
     ap.add_argument("--out", type=Path, default=Path("results/digits-attacks"))
     args = ap.parse_args(argv)
+    robust = {**ROBUST, **{k: json.loads(v) for k, v in (b.split("=", 1) for b in args.robust)}}
     BUDGET.clear(); BUDGET.update({k: json.loads(v) for k, v in (b.split("=", 1) for b in args.budget)})
     steps = tuple(args.attack_steps)
     torch.set_num_threads(args.threads)
     preset = get_preset("digits")
-    ctx = attack_context(preset, probe=Probe(n_per_class=args.n_per_class, sampler_steps=20))
+    forget = tuple(args.forget or preset.forget_classes)
+    if args.retrain is None and sorted(forget) != sorted(preset.forget_classes):
+        ap.error(f"--forget {' '.join(map(str, forget))}: the shipped Retrain forgot {list(preset.forget_classes)}; "
+                 "give --retrain FOLDER (erasediff train --preset digits --what retrain --forget ...)")
+    if args.retrain is not None and not args.retrain.is_dir(): ap.error(f"--retrain {args.retrain}: no such folder")
+    ctx = attack_context(preset, forget, probe=Probe(n_per_class=args.n_per_class, sampler_steps=20))
+    retrain = str(args.retrain) if args.retrain is not None else "retrain"
     seeds, useeds = list(range(args.seeds)), list(range(args.unseen_seeds))
+    if args.only_seeds is not None:
+        if not set(args.only_seeds) <= set(seeds): ap.error(f"--only-seeds {args.only_seeds}: not among the seeds {seeds}")
+        seeds, useeds = [s for s in seeds if s in args.only_seeds], [s for s in useeds if s in args.only_seeds]
     runs = args.out / "runs" / "models"
     summary_file = args.out / "summary.json"
     summary = {}
@@ -96,14 +123,14 @@ def main(argv=None) -> int:
     wall, load = {"erasediff": {}, "robust": {}}, {}
     for s in seeds:                                # each pair back to back: the ratio is measured under the same load
         if not all((runs / m / f"seed{s}" / "metrics.json").is_file() for m in wall): load[s] = os.getloadavg()[0]
-        wall["erasediff"][s] = _unlearn(runs / "erasediff" / f"seed{s}", preset, s, {})
-        wall["robust"][s] = _unlearn(runs / "robust" / f"seed{s}", preset, s, dict(ROBUST))
+        wall["erasediff"][s] = _unlearn(runs / "erasediff" / f"seed{s}", preset, forget, s, {})
+        wall["robust"][s] = _unlearn(runs / "robust" / f"seed{s}", preset, forget, s, robust)
     ratio = float(np.mean([wall["robust"][s] / wall["erasediff"][s] for s in seeds]))
-    summary.update(robust=ROBUST, wall_s=wall, wall_ratio_robust_to_default=ratio, seeds=seeds, unseen_seeds=useeds)
+    summary.update(forget=list(forget), retrain=retrain, robust=robust, wall_s=wall, wall_ratio_robust_to_default=ratio, seeds=seeds, unseen_seeds=useeds)
     if load: summary.update(load_avg_1min_before_each_pair=load, threads=args.threads)   # only when they were trained
     save()
     per_seed = lambda m, ss: {s: runs / m / f"seed{s}" / "unet" for s in ss}
-    models = {"retrain": "retrain", "erasediff": per_seed("erasediff", seeds), "robust": per_seed("robust", seeds)}
+    models = {"retrain": retrain, "erasediff": per_seed("erasediff", seeds), "robust": per_seed("robust", seeds)}
     relearn = RelearnAttack(n_images=10, lr=3e-4, steps=steps)
     if "main" in args.parts:
         run_attacks(models, [relearn], ctx, seeds, args.out)
@@ -112,15 +139,15 @@ def main(argv=None) -> int:
     if "utility" in args.parts:
         summary["utility"] = {m: {s: _utility(models[m][s], ctx, args.utility_forget, args.utility_remain, s) for s in seeds}
                               for m in ("erasediff", "robust")}
-        summary["utility"]["retrain"] = {0: _utility(reference_path("digits", "retrain"), ctx, args.utility_forget,
+        summary["utility"]["retrain"] = {0: _utility(args.retrain or reference_path("digits", "retrain"), ctx, args.utility_forget,
                                                      args.utility_remain, 0)}
         summary["utility_samples"] = {"forget_per_class": args.utility_forget, "remain_per_class": args.utility_remain}
         save()
     if "control" in args.parts:                    # plain EraseDiff given the robust run's wall time, as outer steps
         base = replace(default_config(preset, "erasediff"), **BUDGET)
         control = {"rem_num": base.batch_size * math.ceil(base.rem_num / base.batch_size * ratio)}
-        wall["equal_compute"] = {s: _unlearn(runs / "equal_compute" / f"seed{s}", preset, s, control) for s in useeds}
-        models_c = {"retrain": "retrain", **{m: {s: models[m][s] for s in useeds} for m in ("erasediff", "robust")},
+        wall["equal_compute"] = {s: _unlearn(runs / "equal_compute" / f"seed{s}", preset, forget, s, control) for s in useeds}
+        models_c = {"retrain": retrain, **{m: {s: models[m][s] for s in useeds} for m in ("erasediff", "robust")},
                     "equal_compute": per_seed("equal_compute", useeds)}
         run_attacks(models_c, [relearn], ctx, useeds, args.out)
         attack_tables(args.out, list(models_c), [relearn], useeds, labels=LABELS, name="control")

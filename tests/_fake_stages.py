@@ -42,7 +42,9 @@ def evaluate(checkpoint, preset, *, out, n_per_class, seed, **kw):
 def relearn(checkpoint, preset, config, *, seed, **kw):
     key = _key(checkpoint)
     CALLS.append(("relearn", key, seed))
-    return {"forget_after": value(key, seed, "relearn"), "seed": seed}
+    v = lambda *p: value(key, seed, "relearn", *p)
+    return {"auc": v("auc"), "steps_to_level": 100 * v("steps"), "recognition_last": v("last"),
+            "null_leakage": v("null"), "neighbour_leakage": v("neighbours"), "seed": seed}
 
 
 def install(setattr_=setattr) -> None:

@@ -257,3 +257,19 @@ def test_cli_attack_digits_text_prompt_attacks(tmp_path, capsys):
                         (["--forget-prompt", "eight"], "--forget-prompt")):
         assert _exits(["attack", "--model", "retrain", "--out", str(tmp_path / "x"), "--quiet"] + extra) == 2, extra
         assert flag in capsys.readouterr().err, extra
+
+
+def test_ratios_resample_seeds_in_pairs():
+    "Seeds that are hard for both models alike (the same attack images) do not widen the ratio's interval when paired."
+    def recs(scale, seeds):
+        levels = [0.15, 0.45, 0.25, 0.6, 0.35]                     # how fast each seed's images teach the class
+        return [{"seed": s, "points": [{"step": t, "counts": {"0": [[int(round(min(1.0, scale * q * f) * 1000)), 1000]]}}
+                                       for t, f in zip((0, 10, 20), (0.0, 1.0, 1.6))]} for s, q in zip(seeds, levels)]
+    ref, method = recs(1.0, range(5)), recs(1.2, range(5))
+    paired = recovery_summary(method, ref, tag="pairs")
+    unpaired = recovery_summary(recs(1.2, range(10, 15)), ref, tag="pairs")     # other seed numbers: drawn apart
+    assert paired["paired"] and not unpaired["paired"]
+    assert paired["auc_ratio"]["value"] == pytest.approx(unpaired["auc_ratio"]["value"])
+    lo, hi = paired["auc_ratio"]["ci95"]
+    assert 1.0 < lo and hi - lo < 0.5 * (unpaired["auc_ratio"]["ci95"][1] - unpaired["auc_ratio"]["ci95"][0])
+    assert unpaired["auc_ratio"]["ci95"][0] < 1.0                  # drawn apart, the same data cannot tell them apart

@@ -44,8 +44,10 @@ def test_plan_is_deterministic_and_complete():
 def test_bad_config_is_refused(kw, msg):
     with pytest.raises(ValueError, match=msg):
         R.ReproduceConfig(**kw)
-    with pytest.raises(ValueError, match="steps"):
-        R.RelearnConfig(steps=0)
+    for kw, flag in ((dict(steps=0), "steps"), (dict(steps=(5, 0)), "increasing"), (dict(n_per_label=-1), "n_per_label"),
+                     (dict(n_images=0), "n_images"), (dict(lr=0.0), "lr")):
+        with pytest.raises(ValueError, match=f"relearn.*{flag}"):
+            R.RelearnConfig(**kw)
 
 
 def test_finished_runs_are_never_recomputed(tmp_path, fake_stages):
@@ -99,7 +101,10 @@ def test_table_numbers_are_those_of_the_run_folders(tmp_path, fake_stages):
                   "forget acc (worst w)": [e["accuracy_worst"]["forget"] for e in evals],
                   "FD remain": [e["classifier_fd"]["remain"] for e in evals],
                   "MIA AUC": [e["mia"]["avg_loss"]["auc"] for e in evals],
-                  "relearned forget acc": [r["forget_after"] for r in relearn],
+                  "relearn AUC": [r["auc"] for r in relearn],
+                  "relearn steps to 50 %": [r["steps_to_level"] for r in relearn],
+                  "null-label leakage": [r["null_leakage"] for r in relearn],
+                  "neighbour-label leakage": [r["neighbour_leakage"] for r in relearn],
                   "time (s)": [c["unlearn_seconds"] for c in cost]}
         for col, vals in expect.items():
             assert rows[method][col]["mean"] == pytest.approx(np.mean(vals)), (method, col)
@@ -110,7 +115,7 @@ def test_table_numbers_are_those_of_the_run_folders(tmp_path, fake_stages):
     ref = rows["retrain"]
     ev = json.loads((tmp_path / "runs/retrain/seed0/eval/metrics.json").read_text())
     assert ref["MIA AUC"] == {"mean": ev["mia"]["avg_loss"]["auc"], "std": None, "n": 1}
-    assert ref["relearned forget acc"]["n"] == 2 and ref["time (s)"] is None
+    assert ref["relearn AUC"]["n"] == 2 and ref["time (s)"] is None
     md = (tmp_path / "table.md").read_text()
     assert "| Retrain (reference) | 2 |" in md and f"{np.mean(expect['MIA AUC']):.3f} ± " in md
 
@@ -129,11 +134,11 @@ def test_changed_settings_redo_only_the_stages_they_touch(tmp_path, fake_stages)
     from dataclasses import replace
     R.reproduce(CFG, tmp_path, progress=False)
     del fake_stages[:]
-    again = R.reproduce(replace(CFG, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False)
+    again = R.reproduce(replace(CFG, relearn=R.RelearnConfig(steps=(0, 7))), tmp_path, progress=False)
     assert len(again["computed"]) == 2 * 2 + 2 * 2 and all(s.endswith(":relearn") for s in again["computed"])
     assert {c[0] for c in fake_stages} == {"relearn"}
     del fake_stages[:]
-    third = R.reproduce(replace(CFG, n_per_class=5, relearn=R.RelearnConfig(steps=7)), tmp_path, progress=False)
+    third = R.reproduce(replace(CFG, n_per_class=5, relearn=R.RelearnConfig(steps=(0, 7))), tmp_path, progress=False)
     assert sorted({s.split(":")[1] for s in third["computed"]}) == ["eval"] and {c[0] for c in fake_stages} == {"eval"}
 
 
