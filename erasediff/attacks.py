@@ -27,14 +27,15 @@ from .accuracy import classify
 from .core import check_fields, generate, NoiseSchedule, num_classes, SamplerConfig
 from .data import ImageSet, InfiniteBatches, make_splits, Splits
 from .measures import _rng
-from .runtime import atomic_write_bytes, atomic_write_json, eval_mode, load_unet, weights_sha256
+from .runtime import atomic_write_bytes, atomic_write_json, canonical, eval_mode, load_unet, weights_sha256
 from .train import DiffusionObjective, fit, get_preset, load_reference, LoopConfig, Preset, reference_path
 
 # %% auto #0
 __all__ = ['CURVE_STEPS', 'LEVEL', 'ATTACK_DATA', 'N_BOOT_CURVES', 'REFERENCE_MODELS', 'Probe', 'AttackContext', 'attack_context',
            'recognition', 'counts_recognition', 'spread_indices', 'RelearnAttack', 'neighbour_labels', 'LabelAttack',
-           'curve_auc', 'steps_to_level', 'bootstrap_curves', 'recovery_summary', 'resolve_model', 'record_settings',
-           'run_attacks', 'load_records', 'label_summary', 'attack_tables', 'plot_recovery', 'save_figure']
+           'curve_auc', 'steps_to_level', 'bootstrap_curves', 'recovery_summary', 'resolve_model',
+           'has_unlearning_record', 'record_settings', 'record_path', 'run_attacks', 'load_records', 'label_summary',
+           'attack_tables', 'plot_recovery', 'save_figure']
 
 # %% ../nbs/12a_attacks.ipynb #54a48e5e
 CURVE_STEPS = (0, 5, 10, 20, 50, 100)   # attack steps at which recognition is measured
@@ -348,11 +349,16 @@ def resolve_model(ctx: AttackContext, name_or_path: str | Path) -> tuple[Path, b
         return reference_path(ctx.preset.name, str(name_or_path)), str(name_or_path) == "retrain"
     p = Path(name_or_path)
     if not p.exists(): raise FileNotFoundError(f"model {str(name_or_path)!r}: no such folder (or 'unscrubbed' / 'retrain')")
-    for d in (p, p.parent):
+    return p, has_unlearning_record(p)
+
+
+def has_unlearning_record(folder: Path) -> bool:
+    "Whether an unlearning record (a `metrics.json` naming a method) sits in `folder` or its parent."
+    for d in (folder, folder.parent):
         try:
-            if "method" in json.loads((d / "metrics.json").read_text()): return p, True
+            if "method" in json.loads((d / "metrics.json").read_text()): return True
         except (OSError, ValueError, TypeError): pass
-    return p, False
+    return False
 
 
 def record_settings(attack, ctx: AttackContext, weights: str, seed: int) -> dict:
@@ -361,7 +367,9 @@ def record_settings(attack, ctx: AttackContext, weights: str, seed: int) -> dict
             "preset": ctx.preset.name, "forget": list(ctx.forget_classes), "seed": seed, "sampler": asdict(ctx.preset.sampler)}
 
 
-def _canonical(d: dict): return json.loads(json.dumps(d, sort_keys=True, default=str))
+def record_path(out: Path | str, model: str, attack_name: str, seed: int) -> Path:
+    "Where the suite keeps the record of `model` under `attack_name` at `seed`: out/runs/<model>/<attack>/seed<s>.json."
+    return Path(out) / "runs" / model / attack_name / f"seed{seed}.json"
 
 
 def run_attacks(models: dict[str, str | Path | dict], attacks: Sequence, ctx: AttackContext, seeds: Sequence[int],
@@ -396,10 +404,10 @@ def run_attacks(models: dict[str, str | Path | dict], attacks: Sequence, ctx: At
             if num_classes(model) is None: raise ValueError(f"model {name!r}: unconditional; the attacks need class labels")
             loaded = {folder: (model, weights_sha256(model))}
         model, weights = loaded[folder]
-        f = out / "runs" / name / attack.name / f"seed{seed}.json"
-        settings = _canonical(record_settings(attack, ctx, weights, seed))
+        f = record_path(out, name, attack.name, seed)
+        settings = canonical(record_settings(attack, ctx, weights, seed))
         try:
-            if _canonical(json.loads(f.read_text())["settings"]) == settings: done["reused"] += 1; continue
+            if canonical(json.loads(f.read_text())["settings"]) == settings: done["reused"] += 1; continue
         except (OSError, ValueError, KeyError, TypeError): pass
         bar.set_postfix_str(f"{name} {attack.name} seed {seed}")
         atomic_write_json(f, {"settings": settings, "model": name, **attack.run(model, ctx, seed)})
@@ -407,12 +415,12 @@ def run_attacks(models: dict[str, str | Path | dict], attacks: Sequence, ctx: At
     return done
 
 # %% ../nbs/12a_attacks.ipynb #de585ee1
-def load_records(out: Path | str, model: str, attack_name: str, seeds: Sequence[int]) -> list[dict]:
-    "The records of `model` under `attack_name` at `seeds` (FileNotFoundError naming the first missing one)."
+def load_records(out: Path | str, model: str, attack_name: str, seeds: Sequence[int], *, suite: str = "run_attacks") -> list[dict]:
+    "The records of `model` under `attack_name` at `seeds` (FileNotFoundError naming the first missing one and `suite`)."
     recs = []
     for s in seeds:
-        f = Path(out) / "runs" / model / attack_name / f"seed{s}.json"
-        if not f.is_file(): raise FileNotFoundError(f"no record {f}: run the suite first (run_attacks)")
+        f = record_path(out, model, attack_name, s)
+        if not f.is_file(): raise FileNotFoundError(f"no record {f}: run the suite first ({suite})")
         recs.append(json.loads(f.read_text()))
     return recs
 
@@ -482,7 +490,7 @@ def attack_tables(out: Path | str, models: Sequence[str], attacks: Sequence, see
              "first step reaching it (higher is better; ≥: never reached). Ratios to Retrain, oriented so that < 1 is "
              "better than Retrain: AUC / AUC(Retrain) and steps(Retrain) / steps. Intervals: bootstrap over seeds and samples; a ratio's seeds drawn "
              "in pairs (each seed attacks every model with the same images and noise).")
-    atomic_write_json(out / f"{name}.json", _canonical({"seeds": list(seeds), "reference": ref, "summary": summary}))
+    atomic_write_json(out / f"{name}.json", canonical({"seeds": list(seeds), "reference": ref, "summary": summary}))
     atomic_write_bytes(out / f"{name}.md", ("\n".join(md) + "\n" + notes + "\n").encode())
     return summary
 

@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from .core import (
     check_fields, check_seed, eps_loss, generate, noise_and_timesteps, NoiseSchedule, q_sample, SamplerConfig)
+from .attacks import has_unlearning_record, load_records, record_path
 from .measures import _rng
-from .runtime import atomic_write_bytes, atomic_write_json, weights_sha256
+from .runtime import atomic_write_bytes, atomic_write_json, canonical, weights_sha256
 from erasediff.text import (
     decode_latents, encode_latents, get_text_preset, is_pipeline_folder, load_prompt_unet, PromptUNet, resolve_prompt,
     tokenize)
@@ -314,15 +315,6 @@ PROMPT_ATTACKS = ("inversion", "softprompt")        # the suite's names of conce
 SHIPPED_MODELS = ("unscrubbed", "retrain")          # the shipped references of a text preset, attacked by name
 
 
-def _unlearning_record(folder: Path) -> bool:
-    "Whether an unlearning record (a `metrics.json` naming a method) sits in `folder` or its parent."
-    for d in (folder, folder.parent):
-        try:
-            if "method" in json.loads((d / "metrics.json").read_text()): return True
-        except (OSError, ValueError, TypeError): pass
-    return False
-
-
 def resolve_prompt_model(preset_name: str, name: str, folder) -> tuple[Path, bool]:
     """(pipeline folder, unlearned?) of model `name` given as 'unscrubbed' / 'retrain' (the shipped references of the
     preset, hash-verified; Retrain counts as unlearned: it never saw the concept) or as a pipeline folder (unlearned
@@ -336,19 +328,14 @@ def resolve_prompt_model(preset_name: str, name: str, folder) -> tuple[Path, boo
     if not is_pipeline_folder(p):
         raise ValueError(f"model {name!r}: {folder} is not a text-to-image pipeline folder (model_index.json and "
                          f"prompts.json); give an unlearn run's OUT/pipeline")
-    return p, _unlearning_record(p)
+    return p, has_unlearning_record(p)
 
 
 def prompt_record_settings(attack: str, config: PromptAttackConfig, preset_name: str, concept: int, prompt: str,
                            n_heldout: Optional[int], sampler: SamplerConfig, weights: str, seed: int) -> dict:
     "What a suite record depends on besides the code: a record made with other settings is redone."
-    return json.loads(json.dumps({"attack": attack, "config": asdict(config), "preset": preset_name, "concept": concept,
-                                  "prompt": prompt, "n_heldout": n_heldout, "sampler": asdict(sampler),
-                                  "weights": weights, "seed": seed}, sort_keys=True))
-
-
-def _record_path(out: Path, model: str, attack: str, seed: int) -> Path:
-    return Path(out) / "runs" / model / attack / f"seed{seed}.json"
+    return canonical({"attack": attack, "config": asdict(config), "preset": preset_name, "concept": concept,
+                      "prompt": prompt, "n_heldout": n_heldout, "sampler": asdict(sampler), "weights": weights, "seed": seed})
 
 
 def _check_suite(models, attacks, seeds, out, preset_name, forget_prompt, n_heldout, configs) -> tuple:
@@ -438,7 +425,7 @@ def run_prompt_attacks(models: dict[str, str | Path | dict[int, str | Path]], at
         model, weights = loaded[folder]
         latents = None
         for attack in attacks:
-            f = _record_path(out, name, attack, seed)
+            f = record_path(out, name, attack, seed)
             settings = prompt_record_settings(attack, configs[attack], p.name, concept, prompt, n_heldout, p.sampler,
                                               weights, seed)
             try:
@@ -459,12 +446,7 @@ N_BOOT = 2000
 
 def load_prompt_records(out: Path | str, model: str, attack: str, seeds: Sequence[int]) -> list[dict]:
     "The suite's records of `model` under `attack` at `seeds` (FileNotFoundError naming the first missing one)."
-    recs = []
-    for s in seeds:
-        f = _record_path(Path(out), model, attack, s)
-        if not f.is_file(): raise FileNotFoundError(f"no record {f}: run the suite first (run_prompt_attacks)")
-        recs.append(json.loads(f.read_text()))
-    return recs
+    return load_records(out, model, attack, seeds, suite="run_prompt_attacks")
 
 
 def _hits_array(records: Sequence[dict]) -> np.ndarray:

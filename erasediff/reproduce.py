@@ -38,7 +38,7 @@ from .evaluate import evaluate_checkpoint, summarize_seeds
 from .measures import _get
 from .methods import default_config, get_method, METHODS
 from .runtime import (
-    atomic_write_bytes, atomic_write_json, check_device, check_out, default_device, die_with_parent, load_unet,
+    atomic_write_bytes, atomic_write_json, canonical, check_device, check_out, default_device, die_with_parent, load_unet,
     lock_folder, sha256_path)
 from .text import get_text_preset, load_prompt_unet, load_text_reference, resolve_prompt
 from .train import (
@@ -190,16 +190,12 @@ def _stage_files(run_dir: Path, stage: str) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.is_file()) if d.is_dir() else []
 
 
-def _canonical(settings: Optional[dict]):
-    return json.loads(json.dumps(settings, sort_keys=True, default=str))
-
-
 def mark_done(run_dir: Path, stage: str, settings: Optional[dict] = None) -> Path:
     "Record that `stage` of the run in `run_dir` finished with `settings`: those and the SHA-256 of each of its files."
     files = _stage_files(run_dir, stage)
     if not files: raise FileNotFoundError(f"{run_dir}: stage {stage!r} wrote no files")
     return atomic_write_json(run_dir / f"{stage}.done.json",
-                             {"stage": stage, "settings": _canonical(settings), "threads": torch.get_num_threads(),
+                             {"stage": stage, "settings": canonical(settings), "threads": torch.get_num_threads(),
                               "files": {str(f.relative_to(run_dir)): sha256_path(f) for f in files}})
 
 
@@ -211,7 +207,7 @@ def stage_done(run_dir: Path, stage: str, settings: Optional[dict] = None) -> bo
         r = json.loads(rec.read_text())
         files, made_with = r["files"], r.get("settings")
     except (OSError, ValueError, KeyError, TypeError): return False
-    if made_with != _canonical(settings): return False
+    if made_with != canonical(settings): return False
     return bool(files) and all((run_dir / f).is_file() and sha256_path(run_dir / f) == h for f, h in files.items())
 
 
@@ -318,7 +314,7 @@ def sweep_point(root: Path, config: ReproduceConfig, lam: float, *, classifier, 
                 "sampler": asdict(preset.sampler)}
     try:
         rec = json.loads(f.read_text())
-        if _canonical(rec.get("settings")) == _canonical(settings): return rec["points"], False
+        if canonical(rec.get("settings")) == canonical(settings): return rec["points"], False
     except (OSError, ValueError, KeyError, TypeError, AttributeError): pass
     schedule = NoiseSchedule(preset.schedule)
     real_remain = splits.remain.tensors()[0]

@@ -34,7 +34,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from .core import ScheduleConfig
 
 # %% auto #0
-__all__ = ['atomic_write_bytes', 'finite_json', 'atomic_write_json', 'stale_siblings', 'atomic_dir', 'sha256_path',
+__all__ = ['atomic_write_bytes', 'finite_json', 'canonical', 'atomic_write_json', 'stale_siblings', 'atomic_dir', 'sha256_path',
            'drop_name_or_path', 'save_weights', 'save_unet', 'unet_config_path', 'check_unet_folder',
            'check_checkpoint', 'load_unet', 'check_schedule', 'check_device', 'measure', 'ResultsInUseError',
            'release_lock', 'lock_folder', 'check_free', 'check_out', 'claim_output', 'die_with_parent',
@@ -78,6 +78,12 @@ def finite_json(obj, path: str = "") -> tuple[object, list[str]]:
         pairs = [finite_json(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(obj)]
         return [v for v, _ in pairs], [p for _, b in pairs for p in b]
     return obj, []
+
+
+def canonical(obj):
+    """`obj` as it reads back from JSON (keys sorted, tuples as lists, other objects as their str): the form in which
+    two sets of settings are compared, so that one read from a record equals the one that made it."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def atomic_write_json(path: Path | str, obj) -> Path:

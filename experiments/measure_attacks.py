@@ -97,6 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results/digits-attacks"))
     args = ap.parse_args(argv)
     robust = {**ROBUST, **{k: json.loads(v) for k, v in (b.split("=", 1) for b in args.robust)}}
+    LABELS["robust"] = (f"EraseDiff --robust (r = {robust['robust_every']}, m = {robust['robust_steps']}, "
+                        f"lr {robust['robust_lr']:g}" + (f", β = {robust['robust_weight']:g}" if "robust_weight" in robust else "")
+                        + ")")
     BUDGET.clear(); BUDGET.update({k: json.loads(v) for k, v in (b.split("=", 1) for b in args.budget)})
     steps = tuple(args.attack_steps)
     torch.set_num_threads(args.threads)

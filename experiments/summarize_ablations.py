@@ -1,0 +1,67 @@
+"""One table of the robust option's ablations: every folder that `measure_attacks.py --robust ... --out DIR` filled
+(each with its table.json and summary.json) as a row: r, m, the simulated attacker's lr, beta, seeds, the relearning
+attack's AUC and steps-to-50 % ratios to Retrain (95 % intervals) and the unlearning wall-time ratio to plain EraseDiff
+from `bench_robust.py --json` (--cost; the runs of the measurements themselves were timed under different loads).
+
+    python experiments/summarize_ablations.py results/digits-attacks results/digits-attacks-ablations/*/ \
+        --cost results/digits-attacks-ablations/cost.json --out results/digits-attacks-ablations/table.md
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from erasediff.runtime import atomic_write_bytes
+
+ATTACK = "relearn-n10-lr0.0003"
+
+
+def _bar(s: dict) -> str:
+    lo, hi = s["ci95"] or (float("nan"), float("nan"))
+    return f"{s['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def row(folder: Path, cost: dict) -> dict:
+    "One ablation folder's settings and figures; its wall-time ratio from `cost` (bench_robust's rows) when there."
+    summary = json.loads((folder / "summary.json").read_text())
+    table = json.loads((folder / "table.json").read_text())
+    rob, cfg = table["summary"][ATTACK]["robust"], summary["robust"]
+    seeds = table["seeds"]
+    rm = f"r{cfg['robust_every']} m{cfg['robust_steps']} "                # the attacker's lr does not change the cost
+    bench = next((v for k, v in cost.items() if k.startswith(rm)), None)
+    return {"folder": folder.name, "r": cfg["robust_every"], "m": cfg["robust_steps"], "lr": cfg["robust_lr"],
+            "beta": cfg.get("robust_weight", 1.0), "seeds": len(seeds), "auc_ratio": rob["auc_ratio"],
+            "steps_ratio": rob["steps_ratio"], "wall_ratio": bench["ratio"] if bench else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--cost", type=Path, default=None, help="bench_robust.py's --json (the wall-time column)")
+    ap.add_argument("--out", type=Path, required=True, help="the markdown table (a .json beside it holds the rows)")
+    args = ap.parse_args(argv)
+    cost = json.loads(args.cost.read_text()) if args.cost else {"rows": {}, "epochs": None}
+    rows = [row(f, cost["rows"]) for f in args.folders if (f / "table.json").is_file() and (f / "summary.json").is_file()]
+    if not rows: ap.error("no folder holds a table.json and a summary.json")
+    rows.sort(key=lambda r: (r["r"], r["m"], r["lr"], r["beta"], -r["seeds"]))
+    lines = ["| r | m | attacker lr | beta | seeds | AUC ratio to Retrain | steps ratio to Retrain | wall time / EraseDiff's |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        wall = f"{r['wall_ratio']:.2f}x" if r["wall_ratio"] is not None else "n/a"
+        lines.append(f"| {r['r']} | {r['m']} | {r['lr']:g} | {r['beta']:g} | {r['seeds']} | {_bar(r['auc_ratio'])} | "
+                     f"{_bar(r['steps_ratio'])} | {wall} |")
+    lines += ["", "EraseDiff's robust option on digits, forgetting {2, 8}: every r outer steps, m Adam steps at the "
+              "attacker lr on forget images, then beta times the forget loss' gradient at the attacked weights. Attack: "
+              "10 held-out images at lr 3e-4, recognition at steps 0, 5, 10, 20, 50, 100 (100 samples per class per "
+              "point); ratios < 1 are better than Retrain, 95 % intervals from the paired bootstrap over seeds and "
+              "samples." + (f" Wall time: median of {cost['reps']} runs of {cost['epochs']} outer epoch(s) each over plain "
+              f"EraseDiff's, interleaved ({cost['threads']} thread, load {cost['load'][0]:.1f}-{cost['load'][1]:.1f}; "
+              "bench_robust.py)." if args.cost else "")]
+    atomic_write_bytes(args.out, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(rows, indent=1).encode())
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
