@@ -44,11 +44,11 @@ SD_PRESET_NAMES = ("sd-nudity", "sd-concept")                    # erasediff.sd.
 TEXT_PARAMS = {"noxattn": (r"^unet\.(?!.*\.attn2\.)",), "xattn": (r"^unet\..*\.attn2\.",), "full": (r"^unet\.",)}
 # the released Stable Diffusion scripts' 'noxattn' also leaves the time embedding and the output layers as they are
 SD_PARAMS = {**TEXT_PARAMS, "noxattn": (r"^unet\.(?!time_embedding\.|conv_out\.|conv_norm_out\.)(?!.*\.attn2\.)",)}
-WHAT = ("unscrubbed", "retrain", "classifier", "unconditional", "vae")
+WHAT = ("unscrubbed", "retrain", "classifier", "unconditional", "vae")   # the reference models a preset trains and ships
 # EraseDiff made to resist relearning (`erasediff unlearn --robust`): every `robust_every` outer steps the step simulates
 # the attack, `robust_steps` fine-tuning steps on forget images, and also descends the forget loss at the attacked
-# weights (erasediff.objectives.EraseDiffConfig); the setting measured in the attacks chapter
-ROBUST = {"robust_every": 2, "robust_steps": 5, "robust_lr": 1e-3}  # the reference models a preset trains and ships
+# weights (erasediff.objectives.EraseDiffConfig); the best setting of those measured in the attacks chapter
+ROBUST = {"robust_every": 2, "robust_steps": 10, "robust_lr": 1e-3}
 
 
 def about(name: str) -> dict:

@@ -8,6 +8,7 @@ Unscrubbed model, back to back (their wall-time ratio is measured under the same
   control  plain EraseDiff given as many outer steps as the robust run's wall time buys (the equal-compute control),
            attacked like the others, over the first --unseen-seeds seeds: OUT/control.md
   labels   the null label and the labels next to the forgotten ones, every seed: OUT/labels.md
+  train    only the unlearning runs (e.g. while another pair's Retrain is still training)
   unseen   attacks the option never simulated (lr 1e-3; 50 images; 50 remaining-class images only), over the first
            --unseen-seeds seeds: OUT/unseen.md
 
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="S",
                     help="compute these of the --seeds only (a second process can take the others); tables need all")
     ap.add_argument("--parts", nargs="+", default=["main", "utility", "control", "labels", "unseen"],
-                    choices=["main", "utility", "control", "labels", "unseen"],
+                    choices=["train", "main", "utility", "control", "labels", "unseen"],
                     help="what to (re)compute, in this order; finished models and records are reused either way")
     ap.add_argument("--n-per-class", type=int, default=100, help="samples per forgotten class at each curve point")
     ap.add_argument("--utility-forget", type=int, default=50, help="utility: samples per forgotten class")
