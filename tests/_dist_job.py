@@ -61,3 +61,6 @@ if is_main_process():
                 "unlearn_final": m["final"], "samples": x, "files": sorted(str(p.relative_to(out)) for p in out.rglob("*"))},
                out / "result.pt")
 print(f"rank {rank} of {world}: done", flush=True)
+if torch.distributed.is_initialized():      # tear the process group down before exit (an undestroyed gloo group can
+    torch.distributed.barrier()             # abort the interpreter at shutdown: "terminate called without an active
+    torch.distributed.destroy_process_group()   # exception")
