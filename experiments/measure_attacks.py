@@ -49,6 +49,11 @@ LABELS = {"retrain": "Retrain", "erasediff": "EraseDiff", "robust": "EraseDiff -
 BUDGET: dict = {}   # config fields given to every unlearning run (--budget; a smoke test's tiny budget)
 
 
+def _assignments(items: list) -> dict:
+    "NAME=VALUE arguments (the value as JSON) as a dict."
+    return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
+
+
 def _unlearn(out: Path, preset, forget, seed: int, config: dict) -> float:
     "Unlearn into out (reused when finished); the unlearning's wall seconds."
     config = {**BUDGET, **config}
@@ -97,11 +102,11 @@ def main(argv=None) -> int:
                     help="robust option's settings over erasediff.names.ROBUST (e.g. robust_steps=10)")
     ap.add_argument("--out", type=Path, default=Path("results/digits-attacks"))
     args = ap.parse_args(argv)
-    robust = {**ROBUST, **{k: json.loads(v) for k, v in (b.split("=", 1) for b in args.robust)}}
+    robust = {**ROBUST, **_assignments(args.robust)}
     LABELS["robust"] = (f"EraseDiff --robust (r = {robust['robust_every']}, m = {robust['robust_steps']}, "
                         f"lr {robust['robust_lr']:g}" + (f", β = {robust['robust_weight']:g}" if "robust_weight" in robust else "")
                         + ")")
-    BUDGET.clear(); BUDGET.update({k: json.loads(v) for k, v in (b.split("=", 1) for b in args.budget)})
+    BUDGET.clear(); BUDGET.update(_assignments(args.budget))
     steps = tuple(args.attack_steps)
     torch.set_num_threads(args.threads)
     preset = get_preset("digits")
