@@ -46,17 +46,13 @@ LABELS = {"retrain": "Retrain", "erasediff": "EraseDiff", "robust": "EraseDiff -
           "equal_compute": "EraseDiff, equal compute"}
 
 
-BUDGET: dict = {}   # config fields given to every unlearning run (--budget; a smoke test's tiny budget)
-
-
 def _assignments(items: list) -> dict:
     "NAME=VALUE arguments (the value as JSON) as a dict."
     return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
 
 
 def _unlearn(out: Path, preset, forget, seed: int, config: dict) -> float:
-    "Unlearn into out (reused when finished); the unlearning's wall seconds."
-    config = {**BUDGET, **config}
+    "Unlearn into out (reused when finished) with these config fields; the unlearning's wall seconds."
     if (out / "metrics.json").is_file():                        # reused only if made with these settings and classes
         made = json.loads((out / "metrics.json").read_text())
         differ = {k: (made["config"].get(k), v) for k, v in config.items() if made["config"].get(k) != v}
@@ -103,10 +99,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results/digits-attacks"))
     args = ap.parse_args(argv)
     robust = {**ROBUST, **_assignments(args.robust)}
-    LABELS["robust"] = (f"EraseDiff --robust (r = {robust['robust_every']}, m = {robust['robust_steps']}, "
+    labels = {**LABELS, "robust": f"EraseDiff --robust (r = {robust['robust_every']}, m = {robust['robust_steps']}, "
                         f"lr {robust['robust_lr']:g}" + (f", β = {robust['robust_weight']:g}" if "robust_weight" in robust else "")
-                        + ")")
-    BUDGET.clear(); BUDGET.update(_assignments(args.budget))
+                        + ")"}
+    budget = _assignments(args.budget)     # given to every unlearning run (a smoke test's tiny budget)
     steps = tuple(args.attack_steps)
     torch.set_num_threads(args.threads)
     preset = get_preset("digits")
@@ -132,8 +128,8 @@ def main(argv=None) -> int:
     wall, load = {"erasediff": {}, "robust": {}}, {}
     for s in seeds:                                # each pair back to back: the ratio is measured under the same load
         if not all((runs / m / f"seed{s}" / "metrics.json").is_file() for m in wall): load[s] = os.getloadavg()[0]
-        wall["erasediff"][s] = _unlearn(runs / "erasediff" / f"seed{s}", preset, forget, s, {})
-        wall["robust"][s] = _unlearn(runs / "robust" / f"seed{s}", preset, forget, s, robust)
+        wall["erasediff"][s] = _unlearn(runs / "erasediff" / f"seed{s}", preset, forget, s, budget)
+        wall["robust"][s] = _unlearn(runs / "robust" / f"seed{s}", preset, forget, s, {**budget, **robust})
     ratio = float(np.mean([wall["robust"][s] / wall["erasediff"][s] for s in seeds]))
     summary.update(forget=list(forget), retrain=retrain, robust=robust, wall_s=wall, wall_ratio_robust_to_default=ratio, seeds=seeds, unseen_seeds=useeds)
     if load: summary.update(load_avg_1min_before_each_pair=load, threads=args.threads)   # only when they were trained
@@ -143,7 +139,7 @@ def main(argv=None) -> int:
     relearn = RelearnAttack(n_images=10, lr=3e-4, steps=steps)
     if "main" in args.parts:
         run_attacks(models, [relearn], ctx, seeds, args.out)
-        attack_tables(args.out, list(models), [relearn], seeds, labels=LABELS)
+        attack_tables(args.out, list(models), [relearn], seeds, labels=labels)
         print((args.out / "table.md").read_text(), flush=True)
     if "utility" in args.parts:
         summary["utility"] = {m: {s: _utility(models[m][s], ctx, args.utility_forget, args.utility_remain, s) for s in seeds}
@@ -153,25 +149,25 @@ def main(argv=None) -> int:
         summary["utility_samples"] = {"forget_per_class": args.utility_forget, "remain_per_class": args.utility_remain}
         save()
     if "control" in args.parts:                    # plain EraseDiff given the robust run's wall time, as outer steps
-        base = replace(default_config(preset, "erasediff"), **BUDGET)
+        base = replace(default_config(preset, "erasediff"), **budget)
         control = {"rem_num": base.batch_size * math.ceil(base.rem_num / base.batch_size * ratio)}
-        wall["equal_compute"] = {s: _unlearn(runs / "equal_compute" / f"seed{s}", preset, forget, s, control) for s in useeds}
+        wall["equal_compute"] = {s: _unlearn(runs / "equal_compute" / f"seed{s}", preset, forget, s, {**budget, **control}) for s in useeds}
         models_c = {"retrain": retrain, **{m: {s: models[m][s] for s in useeds} for m in ("erasediff", "robust")},
                     "equal_compute": per_seed("equal_compute", useeds)}
         run_attacks(models_c, [relearn], ctx, useeds, args.out)
-        attack_tables(args.out, list(models_c), [relearn], useeds, labels=LABELS, name="control")
+        attack_tables(args.out, list(models_c), [relearn], useeds, labels=labels, name="control")
         summary.update(control=control, wall_s=wall)
         save()
     if "labels" in args.parts:
         labels_attack = [LabelAttack(n_per_label=args.n_per_label)]
         run_attacks(models, labels_attack, ctx, seeds, args.out)
-        attack_tables(args.out, list(models), labels_attack, seeds, labels=LABELS, name="labels")
+        attack_tables(args.out, list(models), labels_attack, seeds, labels=labels, name="labels")
     if "unseen" in args.parts:
         unseen = [RelearnAttack(n_images=10, lr=1e-3, steps=steps), RelearnAttack(n_images=50, lr=3e-4, steps=steps),
                   RelearnAttack(n_images=50, lr=3e-4, steps=steps, data="remain")]
         models_u = {m: v if isinstance(v, str) else {s: v[s] for s in useeds} for m, v in models.items()}
         run_attacks(models_u, unseen, ctx, useeds, args.out)
-        attack_tables(args.out, list(models_u), unseen, useeds, labels=LABELS, name="unseen")
+        attack_tables(args.out, list(models_u), unseen, useeds, labels=labels, name="unseen")
     summary[f"last_run_s:{'+'.join(args.parts)}"] = time.time() - t0
     save()
     return 0

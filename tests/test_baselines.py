@@ -152,8 +152,8 @@ def test_ts_first_stage_never_reads_remain(splits, monkeypatch):
     assert isinstance(batches, StagedBatches) and cfg.forget_steps == 2
 
     seen = []
-    res = fit(tiny(), obj, batches, cfg.loop(0), progress=False,
-              callback=lambda step, m, logs: seen.append((step, logs["stage"], len(reads))))
+    fit(tiny(), obj, batches, cfg.loop(0), progress=False,
+        callback=lambda step, m, logs: seen.append((step, logs["stage"], len(reads))))
     assert [s for _, s, _ in seen] == [1.0, 1.0, 2.0, 2.0]
     assert [r for _, s, r in seen if s == 1.0] == [0, 0] and seen[-1][2] == 2
 

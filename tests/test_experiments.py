@@ -99,3 +99,11 @@ def test_measure_attacks_runs_every_part_and_resumes(tmp_path, capsys):
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json") if "seed0.json" == p.name}
     load("measure_attacks").main(argv)
     assert stamp and all(p.stat().st_mtime_ns == t for p, t in stamp.items())       # nothing recomputed
+    load("summarize_ablations").main([str(out), "--out", str(tmp_path / "abl.md")])   # the ablation table reads it
+    row, = json.loads((tmp_path / "abl.json").read_text())
+    u, w = json.loads((out / "summary.json").read_text())["utility"], row["utility"]["w"][-1]
+    assert row["forget"] == [2, 8] and row["seeds"] == 1 and row["m"] == s["robust"]["robust_steps"]
+    assert row["utility"]["remain_vs_erasediff"][w] == pytest.approx(
+        100 * (u["robust"]["0"]["remain_by_w"][w] - u["erasediff"]["0"]["remain_by_w"][w]))
+    assert row["utility"]["forgotten_worst"][w] == pytest.approx(100 * u["robust"]["0"]["forget_by_w"][w])
+    assert "{2, 8}" in (tmp_path / "abl.md").read_text()
