@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     if load: summary.update(load_avg_1min_before_each_pair=load, threads=args.threads)   # only when they were trained
     save()
     per_seed = lambda m, ss: {s: runs / m / f"seed{s}" / "unet" for s in ss}
-    models = {"retrain": retrain, "erasediff": per_seed("erasediff", seeds), "robust": per_seed("robust", seeds)}
+    at = lambda ss: {"retrain": retrain, "erasediff": per_seed("erasediff", ss), "robust": per_seed("robust", ss)}
+    models = at(seeds)
     relearn = RelearnAttack(n_images=10, lr=3e-4, steps=steps)
     if "main" in args.parts:
         run_attacks(models, [relearn], ctx, seeds, args.out)
@@ -152,8 +153,7 @@ def main(argv=None) -> int:
         base = replace(default_config(preset, "erasediff"), **budget)
         control = {"rem_num": base.batch_size * math.ceil(base.rem_num / base.batch_size * ratio)}
         wall["equal_compute"] = {s: _unlearn(runs / "equal_compute" / f"seed{s}", preset, forget, s, {**budget, **control}) for s in useeds}
-        models_c = {"retrain": retrain, **{m: {s: models[m][s] for s in useeds} for m in ("erasediff", "robust")},
-                    "equal_compute": per_seed("equal_compute", useeds)}
+        models_c = {**at(useeds), "equal_compute": per_seed("equal_compute", useeds)}
         run_attacks(models_c, [relearn], ctx, useeds, args.out)
         attack_tables(args.out, list(models_c), [relearn], useeds, labels=labels, name="control")
         summary.update(control=control, wall_s=wall)
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     if "unseen" in args.parts:
         unseen = [RelearnAttack(n_images=10, lr=1e-3, steps=steps), RelearnAttack(n_images=50, lr=3e-4, steps=steps),
                   RelearnAttack(n_images=50, lr=3e-4, steps=steps, data="remain")]
-        models_u = {m: v if isinstance(v, str) else {s: v[s] for s in useeds} for m, v in models.items()}
+        models_u = at(useeds)
         run_attacks(models_u, unseen, ctx, useeds, args.out)
         attack_tables(args.out, list(models_u), unseen, useeds, labels=labels, name="unseen")
     summary[f"last_run_s:{'+'.join(args.parts)}"] = time.time() - t0
