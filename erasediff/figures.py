@@ -26,17 +26,18 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from .accuracy import forgetting_probe
+from .attacks import plot_recovery, recovery_summary
 from .core import generate, NoiseSchedule
 from .data import make_splits
 from .evaluate import mean_std
-from .reproduce import NAMES, REFERENCES
+from .reproduce import NAMES, REFERENCES, RelearnConfig
 from .runtime import atomic_write_bytes, atomic_write_json, load_unet, sha256_path
 from .train import get_preset, load_reference, reference_path, show_grid
 
 # %% auto #0
 __all__ = ['FIGURES', 'SAMPLERS', 'method_runs', 'save_figure', 'plot_distributions_by_method', 'plot_sample_grid',
-           'plot_forgetting_vs_guidance', 'plot_tradeoff', 'plot_curves', 'reproduce_figures', 'plot_text_forgetting',
-           'sampler_study', 'plot_sampler_study']
+           'plot_forgetting_vs_guidance', 'plot_tradeoff', 'plot_curves', 'relearn_records', 'plot_recovery_by_method',
+           'reproduce_figures', 'plot_text_forgetting', 'sampler_study', 'plot_sampler_study']
 
 # %% ../nbs/14_figures.ipynb #f13a2919
 def _label(method: str) -> str:
@@ -332,8 +333,35 @@ def plot_curves(out: Path | str, preset: str = "digits") -> Figure:
                    title="unlearning runs\n(first seed)", title_fontsize=8)
     return fig
 
+# %% ../nbs/14_figures.ipynb #db3e2605
+def relearn_records(out: Path | str) -> tuple[dict[str, list[dict]], RelearnConfig]:
+    """Each method's relearning records (one per seed whose `relearn` stage finished, the references' at every seed) and
+    the attack that made them, read from `out/runs/`."""
+    root, recs, settings = Path(out) / "runs", {}, None
+    for m in method_runs(out):
+        for d in sorted((root / m).glob("seed*"), key=lambda p: int(p.name[4:])):
+            if (d / "relearn.done.json").is_file() and (d / "relearn.json").is_file():
+                recs.setdefault(m, []).append(json.loads((d / "relearn.json").read_text())["relearn"])
+                settings = settings or json.loads((d / "relearn.done.json").read_text())["settings"]["relearn"]
+    if not recs: raise FileNotFoundError(f"no finished relearn stage under {root}: run `erasediff reproduce` first")
+    return recs, RelearnConfig(**settings)
+
+
+def plot_recovery_by_method(out: Path | str, n_boot: int = 500) -> Figure:
+    "Every method's recovery curve under the table's relearning attack, Retrain's 95 % band shaded (see `relearn_records`)."
+    recs, config = relearn_records(out)
+    rows = {m: recovery_summary(r, n_boot=n_boot, tag=m) for m, r in recs.items()}
+    groups = _groups({m: r["curve"] for m, r in rows.items()})           # identical curves (EraseDiff and SO) drawn once
+    drawn = {g[0]: rows[g[0]] for g in groups}
+    fig = plot_recovery(drawn, config.attacks()[0], reference="retrain" if "retrain" in drawn else None,
+                        labels={g[0]: _group_label(g) for g in groups})
+    fig.set_size_inches(7.5, 4.2)
+    fig.axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/14_figures.ipynb #02c4a6c6
-FIGURES = ("losses", "kl", "samples", "guidance", "tradeoff", "curves")
+FIGURES = ("losses", "kl", "samples", "guidance", "tradeoff", "curves", "recovery")
 
 
 def reproduce_figures(out: Path | str, config=None, *, progress: bool = False, force: bool = False) -> dict[str, list[Path]]:
@@ -346,14 +374,16 @@ def reproduce_figures(out: Path | str, config=None, *, progress: bool = False, f
     record = out / "figures" / "figures.done.json"
     try: last = json.loads(record.read_text())
     except (OSError, ValueError): last = None
-    if not force and last and last.get("inputs") == inputs and all((out / p).is_file() for ps in last["files"].values() for p in ps):
-        return {k: [out / p for p in v] for k, v in last["files"].items()}
     draw = {"losses": lambda: plot_distributions_by_method(out, "loss"),
             "kl": lambda: plot_distributions_by_method(out, "kl"),
             "samples": lambda: plot_sample_grid(out, preset),
             "guidance": lambda: plot_forgetting_vs_guidance(out),
             "tradeoff": lambda: plot_tradeoff(out),
-            "curves": lambda: plot_curves(out, preset)}
+            "curves": lambda: plot_curves(out, preset),
+            "recovery": lambda: plot_recovery_by_method(out)}
+    if (not force and last and last.get("inputs") == inputs and set(last.get("files", ())) == set(draw)
+            and all((out / p).is_file() for ps in last["files"].values() for p in ps)):
+        return {k: [out / p for p in v] for k, v in last["files"].items()}
     files = {name: save_figure(fn(), out / "figures" / name) for name, fn in draw.items()}
     atomic_write_json(record, {"inputs": inputs, "files": {k: [str(p.relative_to(out)) for p in v] for k, v in files.items()}})
     return files
