@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
@@ -500,6 +501,7 @@ def plot_recovery(rows: dict, attack, reference: Optional[str] = "retrain", labe
     labels = labels or {}
     fig = Figure(figsize=(6, 3.8))
     ax = fig.subplots()
+    ax.set_prop_cycle(color=[c for i, c in enumerate(colormaps["tab10"].colors) if i != 7])   # grey is the reference's
     for m, r in rows.items():
         lo, hi = np.array(r["curve_ci95"]).T
         if m == reference:

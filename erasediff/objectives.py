@@ -106,6 +106,8 @@ class ForgetLossConfig(UnlearnConfig):
     p_uncond_forget: Optional[float] = None  # label dropout on D_f, not with 'deviate' (None: same as p_uncond)
     retarget_pool: int = 2048                # 'retarget' only: remaining images it pulls towards, loaded once (all when fewer)
     anchor: Optional[int] = None             # pseudo_label='anchor': the one label (a text model: prompt id) to deviate to
+    forget_null: float = 0.0                 # 'deviate' only: weight of the same deviation through the null label (the
+                                             # unconditional branch, which otherwise keeps the forgotten classes)
 
     def __post_init__(self):
         super().__post_init__()
@@ -124,6 +126,11 @@ class ForgetLossConfig(UnlearnConfig):
             raise ValueError("anchor: give an anchor label exactly when pseudo_label='anchor' (every forgotten condition "
                              f"then deviates to it); got pseudo_label={self.pseudo_label!r}, anchor={self.anchor!r}")
         if self.anchor is not None and self.anchor < 0: raise ValueError(f"anchor must be a label >= 0, got {self.anchor}")
+        if not (isinstance(self.forget_null, (int, float)) and math.isfinite(self.forget_null) and self.forget_null >= 0):
+            raise ValueError(f"forget_null must be a weight >= 0, got {self.forget_null!r}")
+        if self.forget_null and self.forget_loss != "deviate":
+            raise ValueError(f"forget_null: only with forget_loss='deviate' (the other losses reach the null label through "
+                             f"p_uncond_forget), got forget_loss={self.forget_loss!r}")
 
 
 @dataclass(frozen=True)
@@ -385,6 +392,8 @@ class ForgetObjective(FinetuneObjective):
         model's estimate of x_0 from a noised forgotten image pulled to x_r = `posterior_mean` of the remaining images
         (`retarget_images`) at (x_t, t): what a model trained on them alone would estimate there (for a conditional
         model, over the remaining images of class y when there are some).
+        With `forget_null` > 0 ('deviate'), plus forget_null * || eps(x_t, t, null) - sg(eps(x_t, t, c_p)) ||^2: the
+        unconditional branch deviates on the forgotten images too.
         Returns (loss, draws); draws = (noise, t, labels, pseudo, x_r) evaluate other `weights` (phi_K) on the same draws."""
         cfg = self.config
         x, y = batch
@@ -419,7 +428,11 @@ class ForgetObjective(FinetuneObjective):
         if pseudo is None: target = noise
         else:
             with torch.no_grad(): target = net(pseudo)                 # stop-gradient target
-        return (eps.float() - target.float()).pow(2).flatten(1).mean(1).mean(), draws
+        loss = (eps.float() - target.float()).pow(2).flatten(1).mean(1).mean()
+        if pseudo is not None and cfg.forget_null:
+            eps_null = net(torch.full_like(labels, null_label(model)))
+            loss = loss + cfg.forget_null * (eps_null.float() - target.float()).pow(2).flatten(1).mean(1).mean()
+        return loss, draws
 
     retarget_images = None   # the remaining images 'retarget' pulls towards: an ImageSet or images (N,C,H,W)
 

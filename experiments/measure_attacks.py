@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     robust = {**ROBUST, **_assignments(args.robust)}
     labels = {**LABELS, "robust": f"EraseDiff --robust (r = {robust['robust_every']}, m = {robust['robust_steps']}, "
                         f"lr {robust['robust_lr']:g}" + (f", β = {robust['robust_weight']:g}" if "robust_weight" in robust else "")
-                        + ")"}
+                        + (f", null-label weight {robust['forget_null']:g}" if robust.get("forget_null") else "") + ")"}
     budget = _assignments(args.budget)     # given to every unlearning run (a smoke test's tiny budget)
     steps = tuple(args.attack_steps)
     torch.set_num_threads(args.threads)

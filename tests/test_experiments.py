@@ -107,3 +107,12 @@ def test_measure_attacks_runs_every_part_and_resumes(tmp_path, capsys):
         100 * (u["robust"]["0"]["remain_by_w"][w] - u["erasediff"]["0"]["remain_by_w"][w]))
     assert row["utility"]["forgotten_worst"][w] == pytest.approx(100 * u["robust"]["0"]["forget_by_w"][w])
     assert "{2, 8}" in (tmp_path / "abl.md").read_text()
+    assert row["null"] == 0 and "null-label weight" in (tmp_path / "abl.md").read_text()
+    load("measure_denoising").main([str(tmp_path / "abl.json"), "--out", str(tmp_path / "den")])   # what each model knows
+    plain, robust = json.loads((tmp_path / "den" / "table.json").read_text())
+    assert (plain["model"], plain["seeds"]) == ("EraseDiff", 1) and robust["model"].startswith("--robust")
+    for r in (plain, robust):
+        for b in ("label", "null"):               # Retrain is further from the forgotten classes than Unscrubbed
+            assert r["retrain"][b] > r["unscrubbed"][b] > 0 and len(r[b]["removed"]) == 1
+            assert r[b]["removed"][0] == pytest.approx((r[b]["error"] - r["unscrubbed"][b]) / (r["retrain"][b] - r["unscrubbed"][b]))
+    assert (tmp_path / "den" / "figures" / "removed_vs_auc.png").stat().st_size > 0

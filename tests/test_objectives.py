@@ -251,6 +251,29 @@ def test_deviate_target_has_no_gradient(splits):
     assert any(not torch.allclose(z(a, p), z(b, p), atol=1e-6) for a, b, p in zip(got, through, params))
 
 
+def test_forget_null_adds_the_deviation_through_the_null_label(splits):
+    """forget_null = a: L_f = ||eps(x_t, c_f) - sg(eps(x_t, c_p))||^2 + a ||eps(x_t, null) - sg(eps(x_t, c_p))||^2 on the
+    same draws; 0 leaves the loss as it was; only with 'deviate', and a weight >= 0."""
+    m = tiny_model()
+    fb, gen = splits.forget.tensors(8), lambda: torch.Generator().manual_seed(0)
+    cfg = dict(forget_loss="deviate", pseudo_label="per_sample", antithetic=False)
+    plain, draws = EraseDiffObjective(SCHED, EraseDiffConfig(**cfg), forget_classes=(2, 8)).forget_loss(m, fb, gen())
+    L, draws2 = EraseDiffObjective(SCHED, EraseDiffConfig(forget_null=0.5, **cfg), forget_classes=(2, 8)).forget_loss(m, fb, gen())
+    assert all(torch.equal(a, b) for a, b in zip(draws[:4], draws2[:4]))
+    noise, t, labels, pseudo, _ = draws
+    x_t = q_sample(fb[0], t, noise, SCHED)
+    with torch.no_grad():
+        target = m(x_t, t, class_labels=pseudo).sample
+        null = m(x_t, t, class_labels=torch.full_like(labels, 10)).sample
+    through_null = (null - target).pow(2).flatten(1).mean(1).mean().item()
+    assert through_null > 0
+    assert L.item() == pytest.approx(plain.item() + 0.5 * through_null, rel=1e-5)
+    for kw, msg in [(dict(forget_null=-1.0), "forget_null"), (dict(forget_null=float("nan")), "forget_null"),
+                    (dict(forget_null=1.0, forget_loss="uniform"), "deviate")]:
+        with pytest.raises(ValueError, match=msg):
+            EraseDiffConfig(**kw)
+
+
 def test_deviate_outer_gradient_is_hand_computed(splits):
     "One outer step with the deviate loss: p.grad = grad L_r + lambda grad L_f (detached target), lambda fixed."
     m = tiny_model()
