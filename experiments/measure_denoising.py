@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from erasediff.attacks import attack_context, save_figure
-from erasediff.core import null_label, predict_eps, q_sample
+from erasediff.core import eps_loss, null_label
 from erasediff.runtime import atomic_write_bytes, atomic_write_json, load_unet
 from erasediff.train import reference_path
 
@@ -37,7 +37,7 @@ N_T = 8                    # timesteps per image, spread over the schedule
 def denoising_error(unet, schedule, x0: torch.Tensor, labels: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> float:
     "Mean squared noise-prediction error of `unet` on x0 (B,C,H,W) at timesteps t (B,) with `noise`, under `labels` (B,)."
     unet.eval()
-    errs = [(predict_eps(unet, q_sample(x, tt, n, schedule), tt, y) - n).pow(2).flatten(1).mean(1)
+    errs = [eps_loss(unet, x, y, schedule, noise=n, t=tt, reduction="none")
             for x, y, tt, n in zip(x0.split(256), labels.split(256), t.split(256), noise.split(256))]
     return float(torch.cat(errs).mean())
 
